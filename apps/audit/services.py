@@ -1,0 +1,104 @@
+"""`record()`: the one way any app writes to the audit log."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Model
+from django.utils import timezone
+
+from apps.tenants.crypto import Secret
+from apps.tenants.scoping import get_scope
+
+from .models import DEPLOYMENT_CHAIN, AuditChainHead, AuditEvent
+
+# Keys whose values are secrets wherever they appear in audit data.
+SECRET_KEY_PATTERN = re.compile(r"token|secret|password|passwd|api[_-]?key|authorization|signature", re.I)
+MASK = "[masked]"
+
+Actor = Any  # a User, None (the system), or a short string such as "meta" or "command:<name>"
+
+
+def mask_secrets(value: Any, key: str = "") -> Any:
+    """Copy `value` with every secret replaced by a mask: values under secret-looking keys and any
+    `Secret` object. Non-JSON types become strings."""
+    if key and SECRET_KEY_PATTERN.search(key):
+        return MASK if value not in (None, "") else value
+    if isinstance(value, Secret):
+        return MASK
+    if isinstance(value, dict):
+        return {str(k): mask_secrets(v, str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [mask_secrets(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _actor_fields(actor: Actor) -> tuple[str, str]:
+    if actor is None:
+        return "system", ""
+    if isinstance(actor, str):
+        kind, _, ident = actor.partition(":")
+        return kind[:20], ident[:64]
+    if getattr(actor, "is_authenticated", False):
+        return ("operator" if getattr(actor, "is_staff", False) else "user"), str(actor.pk)
+    return "anonymous", ""
+
+
+def _tenant_id_for(obj: Model | None, tenant: Any) -> uuid.UUID | None:
+    if tenant is not None:
+        return getattr(tenant, "pk", tenant)
+    if obj is not None:
+        if obj._meta.label == "tenants.Tenant":
+            return obj.pk
+        if getattr(obj, "tenant_id", None):
+            return obj.tenant_id
+    scope = get_scope()
+    if scope is not None and scope.tenant_id is not None:
+        return scope.tenant_id
+    return None
+
+
+def record(
+    action: str,
+    obj: Model | None = None,
+    *,
+    actor: Actor,
+    tenant: Any = None,
+    data: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """Append an audit event to its tenant's chain (or the deployment chain) and return it.
+
+    `action` is a dotted code ("number.connected"); `data` must not hold personal data beyond
+    ids, and secrets in it are masked. Runs in the caller's transaction when there is one, so
+    the event commits or rolls back with the change it describes.
+    """
+    tenant_id = _tenant_id_for(obj, tenant)
+    chain = str(tenant_id) if tenant_id else DEPLOYMENT_CHAIN
+    actor_type, actor_id = _actor_fields(actor)
+    with transaction.atomic():
+        # Lock the chain head so concurrent writers take consecutive sequence numbers.
+        head, _ = AuditChainHead.objects.select_for_update().get_or_create(chain=chain)
+        event = AuditEvent(
+            tenant_id=tenant_id,
+            chain=chain,
+            seq=head.seq + 1,
+            prev_hash=head.hash,
+            created_at=timezone.now(),
+            action=action,
+            actor_type=actor_type,
+            actor_id=actor_id,
+            object_type=obj._meta.label if obj is not None else "",
+            object_id=str(obj.pk) if obj is not None else "",
+            data=mask_secrets(data or {}),
+        )
+        event.hash = event.compute_hash()
+        event.save()
+        head.seq = event.seq
+        head.hash = event.hash
+        head.save(update_fields=["seq", "hash"])
+    return event

@@ -1,0 +1,317 @@
+"""Klaros settings: one module, every value from the environment (see `.env.example`).
+
+Production (`DEBUG=False`) refuses to start without the secrets it needs; development (`DEBUG=True`)
+runs on embedded defaults: SQLite, a private media folder, the database task broker.
+"""
+
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+# A local `.env` is a convenience for development; real deployments set the environment.
+env_file = BASE_DIR / ".env"
+if env_file.is_file():
+    environ.Env.read_env(env_file)
+
+
+def env_secret(name: str, default: str = "") -> str:
+    """Read NAME, or the file named by NAME_FILE (for Docker/Kubernetes secrets)."""
+    file_path = env.str(f"{name}_FILE", default="")
+    if file_path:
+        try:
+            return Path(file_path).read_text().strip()
+        except OSError as exc:
+            raise ImproperlyConfigured(f"{name}_FILE={file_path} cannot be read: {exc}") from exc
+    return env.str(name, default=default)
+
+
+DEBUG = env.bool("DEBUG", default=False)
+
+SECRET_KEY = env_secret("SECRET_KEY")
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[])
+KLAROS_ENCRYPTION_KEYS = env_secret("KLAROS_ENCRYPTION_KEYS")
+
+if not DEBUG:
+    missing = [
+        name
+        for name, value in (
+            ("SECRET_KEY", SECRET_KEY),
+            ("ALLOWED_HOSTS", ALLOWED_HOSTS),
+            ("KLAROS_ENCRYPTION_KEYS", KLAROS_ENCRYPTION_KEYS),
+        )
+        if not value
+    ]
+    if missing:
+        raise ImproperlyConfigured(
+            "Klaros refuses to start in production mode (DEBUG=False) without "
+            + ", ".join(missing)
+            + ". Set them in the environment (or NAME_FILE), or set DEBUG=True for development."
+        )
+else:
+    SECRET_KEY = SECRET_KEY or "django-insecure-development-only-key-never-use-in-production"
+    ALLOWED_HOSTS = ALLOWED_HOSTS or ["localhost", "127.0.0.1", "[::1]", "testserver"]
+
+# Where development keeps state that is not in the database (dev key file, SQLite, media).
+KLAROS_VAR_DIR = Path(env.str("KLAROS_VAR_DIR", default=str(BASE_DIR / "var")))
+# Development only: when no keyring is configured, a key is generated into this file, which
+# lives outside the database so a database dump alone never holds what decrypts it.
+KLAROS_DEV_KEY_FILE = Path(
+    env.str("KLAROS_DEV_KEY_FILE", default=str(KLAROS_VAR_DIR / "dev-encryption-keys"))
+)
+
+KLAROS_PUBLIC_URL = env.str("KLAROS_PUBLIC_URL", default="http://localhost:8000").rstrip("/")
+# Meta's Graph API, version pinned. Plain http is refused unless the host is loopback.
+WHATSAPP_GRAPH_URL = env.str("WHATSAPP_GRAPH_URL", default="https://graph.facebook.com/v23.0")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "axes",
+    "csp",
+    "django_q",
+    "apps.accounts",
+    "apps.tenants",
+    "apps.audit",
+    "apps.consent",
+    "apps.media",
+    "apps.conversations",
+    "apps.whatsapp",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "apps.tenants.middleware.TenantScopeMiddleware",
+    # Last, as django-axes asks: it turns lockouts raised by the backend into responses.
+    "axes.middleware.AxesMiddleware",
+]
+
+ROOT_URLCONF = "klaros.urls"
+WSGI_APPLICATION = "klaros.wsgi.application"
+ASGI_APPLICATION = "klaros.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "apps.tenants.context_processors.tenant",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------------
+DATABASES = {
+    "default": env.db(
+        "DATABASE_URL", default=f"sqlite:///{KLAROS_VAR_DIR / 'klaros.sqlite3'}"
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets readers proceed while the worker writes; IMMEDIATE transactions take the write
+    # lock up front so two writers queue on the busy timeout instead of failing mid-transaction.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "timeout": 20,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    )
+    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+else:
+    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Accounts -------------------------------------------------------------------------------
+AUTH_USER_MODEL = "accounts.User"
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {
+        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+        "OPTIONS": {"min_length": 12},
+    },
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "inbox"
+LOGOUT_REDIRECT_URL = "login"
+
+# Login throttling. Failures are counted per account and, separately, per client address, so
+# rotating X-Forwarded-For does not reset the account's counter.
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_HOURS", default=0.25)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_USERNAME_FORM_FIELD = "username"
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+# Behind a reverse proxy, the client address is the right-most untrusted X-Forwarded-For entry.
+# KLAROS_TRUSTED_PROXY_COUNT is how many proxies sit in front of Klaros (0: none, use REMOTE_ADDR).
+KLAROS_TRUSTED_PROXY_COUNT = env.int("KLAROS_TRUSTED_PROXY_COUNT", default=0)
+if KLAROS_TRUSTED_PROXY_COUNT:
+    AXES_IPWARE_PROXY_COUNT = KLAROS_TRUSTED_PROXY_COUNT
+    AXES_IPWARE_META_PRECEDENCE_ORDER = ["HTTP_X_FORWARDED_FOR", "REMOTE_ADDR"]
+else:
+    AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]
+
+# --- HTTPS and browser hardening ------------------------------------------------------------
+# Behind a TLS-terminating proxy, set SECURE_PROXY_SSL_HEADER=HTTP_X_FORWARDED_PROTO (and make the
+# proxy overwrite that header) so Django knows the original request was HTTPS.
+_proxy_header = env.str("SECURE_PROXY_SSL_HEADER", default="")
+if _proxy_header:
+    SECURE_PROXY_SSL_HEADER = (_proxy_header, "https")
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # load balancers probe over plain HTTP
+SECURE_HSTS_SECONDS = 0 if DEBUG else env.int("SECURE_HSTS_SECONDS", default=31_536_000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=True)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_SECURE = not DEBUG
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+SESSION_COOKIE_AGE = env.int("SESSION_COOKIE_AGE", default=12 * 3600)
+CSRF_COOKIE_SECURE = not DEBUG
+CSRF_COOKIE_HTTPONLY = True
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+# No inline script anywhere: every script is a static file from our own origin.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:", "blob:"],
+        "media-src": ["'self'", "blob:"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
+
+# Global request body cap stays at Django's default; the webhook endpoint alone reads larger
+# bodies (Meta batches up to 3 MB) from the stream with its own bounded limit.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+KLAROS_WEBHOOK_MAX_BYTES = env.int("KLAROS_WEBHOOK_MAX_BYTES", default=4 * 1024 * 1024)
+
+# --- Static files and media -----------------------------------------------------------------
+STATIC_URL = "/static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+
+KLAROS_MEDIA_STORAGE = env.str("KLAROS_MEDIA_STORAGE", default="filesystem")
+# Private folder of the filesystem backend. No URL maps to it: media leaves only through signed,
+# expiring links handed out by a view that checks the member's tenant.
+KLAROS_MEDIA_ROOT = Path(env.str("KLAROS_MEDIA_ROOT", default=str(KLAROS_VAR_DIR / "media")))
+if not KLAROS_MEDIA_ROOT.is_absolute():
+    KLAROS_MEDIA_ROOT = BASE_DIR / KLAROS_MEDIA_ROOT
+
+if KLAROS_MEDIA_STORAGE == "filesystem":
+    _media_backend = {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": str(KLAROS_MEDIA_ROOT), "base_url": None},
+    }
+elif KLAROS_MEDIA_STORAGE == "s3":
+    _media_backend = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": env.str("AWS_STORAGE_BUCKET_NAME", default=""),
+            "access_key": env_secret("AWS_ACCESS_KEY_ID"),
+            "secret_key": env_secret("AWS_SECRET_ACCESS_KEY"),
+            "endpoint_url": env.str("AWS_S3_ENDPOINT_URL", default="") or None,
+            "region_name": env.str("AWS_S3_REGION_NAME", default="") or None,
+            "default_acl": "private",
+            "querystring_auth": True,
+            "querystring_expire": env.int("KLAROS_MEDIA_URL_TTL", default=300),
+            "file_overwrite": False,
+            "signature_version": "s3v4",
+        },
+    }
+else:
+    raise ImproperlyConfigured(
+        f"KLAROS_MEDIA_STORAGE must be 'filesystem' or 's3', not {KLAROS_MEDIA_STORAGE!r}"
+    )
+STORAGES = {
+    "default": _media_backend,
+    "media": _media_backend,
+    "staticfiles": {
+        "BACKEND": (
+            "django.contrib.staticfiles.storage.StaticFilesStorage"
+            if DEBUG
+            else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        )
+    },
+}
+
+# --- Tasks (django-q2) ----------------------------------------------------------------------
+REDIS_URL = env.str("REDIS_URL", default="")
+Q_CLUSTER = {
+    "name": "klaros",
+    "workers": env.int("KLAROS_WORKERS", default=2),
+    "timeout": 120,
+    "retry": 180,
+    "max_attempts": 5,
+    "queue_limit": 50,
+    "bulk": 10,
+    "catch_up": False,
+    "save_limit": 1000,
+    "label": "Tasks",
+    # Unit tests run tasks inline; integration tests start a real qcluster.
+    "sync": env.bool("KLAROS_TASKS_SYNC", default=False),
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+
+# --- Internationalisation -------------------------------------------------------------------
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env.str("TIME_ZONE", default="UTC")
+USE_I18N = True
+USE_TZ = True
+
+# --- Logging --------------------------------------------------------------------------------
+# Secrets never reach logs: they are held in `Secret` objects whose repr is masked, and webhook
+# bodies are never logged.
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "axes": {"level": "WARNING"},
+    },
+}
