@@ -2,6 +2,8 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from apps.conversations.webhook import whatsapp_webhook
+
 from . import views
 
 admin.site.site_header = "Klaros operator admin"
@@ -13,5 +15,7 @@ urlpatterns = [
     path("accounts/", include("apps.accounts.urls")),
     path("tenants/", include("apps.tenants.urls")),
     path("inbox/", include("apps.conversations.urls")),
+    path("webhooks/whatsapp/", whatsapp_webhook, name="whatsapp_webhook"),
+    path("webhooks/whatsapp/<str:app_id>/", whatsapp_webhook, name="whatsapp_webhook_app"),
     path("admin/", admin.site.urls),
 ]

@@ -1,1 +1,274 @@
-"""Models arrive with their issue; the app exists so migrations and imports stay stable."""
+"""Contacts, conversations, messages and the webhook journal.
+
+Idempotency lives in the database: a message is unique per (tenant, wamid), a status event per
+(tenant, wamid, status), and statuses only move forward through conditional updates, so replaying
+the journal, duplicate deliveries and concurrent duplicates change nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.db.models import Q
+
+from apps.tenants.scoping import TenantOwnedModel
+
+
+class Contact(TenantOwnedModel):
+    """A customer of one tenant. Identified by `wa_id` (phone digits) and/or the business-scoped
+    `user_id` Meta introduced in 2026: the phone number may be missing from newer webhooks."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    wa_id = models.CharField("WhatsApp id", max_length=32, blank=True)
+    user_id = models.CharField("business-scoped user id", max_length=100, blank=True)
+    profile_name = models.CharField(max_length=256, blank=True)
+    username = models.CharField(max_length=100, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "wa_id"], condition=~Q(wa_id=""), name="contact_unique_wa_id"
+            ),
+            models.UniqueConstraint(
+                fields=["tenant", "user_id"],
+                condition=~Q(user_id=""),
+                name="contact_unique_user_id",
+            ),
+            models.CheckConstraint(
+                condition=~Q(wa_id="", user_id=""), name="contact_has_an_identity"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.display_name
+
+    @property
+    def display_name(self) -> str:
+        return self.profile_name or self.phone_display or self.username or self.user_id
+
+    @property
+    def phone_display(self) -> str:
+        return f"+{self.wa_id}" if self.wa_id else ""
+
+
+class ConversationStatus(models.TextChoices):
+    OPEN = "open", "Open"
+    CLOSED = "closed", "Closed"
+
+
+class Conversation(TenantOwnedModel):
+    """The thread between one business number and one contact."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    number = models.ForeignKey(
+        "tenants.WhatsAppNumber", on_delete=models.PROTECT, related_name="conversations"
+    )
+    contact = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="conversations")
+    status = models.CharField(
+        max_length=10, choices=ConversationStatus.choices, default=ConversationStatus.OPEN
+    )
+    # The customer's last message, by the message's own timestamp: the 24-hour window.
+    last_inbound_at = models.DateTimeField(null=True, blank=True)
+    last_message_at = models.DateTimeField(null=True, blank=True)
+    last_message_preview = models.CharField(max_length=200, blank=True)
+    unread_count = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["number", "contact"], name="conversation_unique_number_contact"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["tenant", "-last_message_at", "-id"], name="conv_list_idx"),
+            models.Index(
+                fields=["tenant", "status", "-last_message_at", "-id"], name="conv_status_idx"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.contact} ↔ {self.number}"
+
+
+class Direction(models.TextChoices):
+    INBOUND = "in", "Inbound"
+    OUTBOUND = "out", "Outbound"
+
+
+class MessageStatus(models.TextChoices):
+    RECEIVED = "received", "Received"
+    QUEUED = "queued", "Queued"
+    ACCEPTED = "accepted", "Accepted by Meta"
+    SENT = "sent", "Sent"
+    FAILED = "failed", "Failed"
+    DELIVERED = "delivered", "Delivered"
+    READ = "read", "Read"
+    PLAYED = "played", "Played"
+
+
+# Statuses only move forward. `failed` sits between sent and delivered: a failure after `sent`
+# shows, while a late failure for a message already delivered (multi-device) is recorded on the
+# message's error fields without hiding that it was delivered.
+STATUS_RANK = {
+    MessageStatus.RECEIVED: 0,
+    MessageStatus.QUEUED: 0,
+    MessageStatus.ACCEPTED: 10,
+    MessageStatus.SENT: 20,
+    MessageStatus.FAILED: 25,
+    MessageStatus.DELIVERED: 30,
+    MessageStatus.READ: 40,
+    MessageStatus.PLAYED: 50,
+}
+
+
+class Message(TenantOwnedModel):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="messages"
+    )
+    direction = models.CharField(max_length=3, choices=Direction.choices)
+    # NULL until Meta gives one: unique per tenant only once set.
+    wamid = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
+    type = models.CharField(max_length=30)
+    # The type-specific object exactly as Meta sent it (inbound) or as we will send it.
+    content = models.JSONField(default=dict, blank=True)
+    # Plain text for previews and search: the body, caption or a short description.
+    text = models.TextField(blank=True)
+    status = models.CharField(max_length=10, choices=MessageStatus.choices)
+    status_rank = models.PositiveSmallIntegerField(default=0)
+    # When the customer sent it (inbound, Meta's timestamp) or when it was created (outbound).
+    sent_at = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    context_wamid = models.CharField(max_length=200, blank=True)
+    forwarded = models.BooleanField(default=False)
+    frequently_forwarded = models.BooleanField(default=False)
+    referral = models.JSONField(null=True, blank=True)
+    error_code = models.IntegerField(null=True, blank=True)
+    error_title = models.CharField(max_length=300, blank=True)
+    error_details = models.TextField(blank=True)
+    # Meta's pricing object from the first status that carried one (charges come from it).
+    pricing = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "wamid"],
+                condition=Q(wamid__isnull=False),
+                name="message_unique_tenant_wamid",
+            )
+        ]
+        indexes = [models.Index(fields=["conversation", "sent_at", "id"], name="msg_thread_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.get_direction_display()} {self.type} {self.wamid or self.pk}"
+
+    @property
+    def is_media(self) -> bool:
+        return self.type in MEDIA_TYPES
+
+
+MEDIA_TYPES = frozenset({"image", "video", "audio", "document", "sticker"})
+
+
+class StatusEvent(TenantOwnedModel):
+    """Every status Meta reported, kept even when its message is not (yet) known: it is applied
+    when a message with that wamid appears."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    wamid = models.CharField(max_length=200)
+    status = models.CharField(max_length=10)
+    occurred_at = models.DateTimeField()
+    recipient_id = models.CharField(max_length=100, blank=True)
+    pricing = models.JSONField(null=True, blank=True)
+    errors = models.JSONField(default=list, blank=True)
+    biz_opaque_callback_data = models.CharField(max_length=512, blank=True)
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "wamid", "status"], name="status_event_unique"
+            )
+        ]
+        indexes = [models.Index(fields=["tenant", "wamid"], name="status_event_wamid_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.wamid} {self.status}"
+
+
+class MetaErrorReport(TenantOwnedModel):
+    """A value-level `errors[]` item Meta reported for a number (not tied to one message)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    number = models.ForeignKey(
+        "tenants.WhatsAppNumber", on_delete=models.CASCADE, related_name="error_reports"
+    )
+    webhook_event = models.ForeignKey(
+        "conversations.WebhookEvent", null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    fingerprint = models.CharField(max_length=64)
+    code = models.IntegerField(null=True, blank=True)
+    title = models.CharField(max_length=300, blank=True)
+    details = models.TextField(blank=True)
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-received_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "fingerprint"], name="meta_error_report_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.title}"
+
+
+class WebhookState(models.TextChoices):
+    PENDING = "pending", "Pending"
+    PROCESSED = "processed", "Processed"
+    FAILED = "failed", "Failed (will retry)"
+    QUARANTINED = "quarantined", "Quarantined"
+
+
+class WebhookEvent(models.Model):
+    """The journal: every verified webhook body, committed before Meta gets its 200.
+
+    Deployment-level, not tenant data: a body is verified before it is routed, and one body can
+    carry changes for several numbers. Quarantined changes are never shown to any tenant.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    app = models.ForeignKey("tenants.MetaApp", on_delete=models.PROTECT, related_name="+")
+    body = models.BinaryField()
+    received_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    state = models.CharField(
+        max_length=12, choices=WebhookState.choices, default=WebhookState.PENDING
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    reason = models.TextField(blank=True)
+    counts = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["state", "id"], name="webhook_state_idx")]
+
+    def __str__(self) -> str:
+        return f"webhook #{self.pk} ({self.state})"
+
+
+class JournalDrainFlag(models.Model):
+    """One row: whether a drain task is already queued, so a burst of webhooks enqueues one
+    task instead of one per webhook."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    scheduled = models.BooleanField(default=False)
+    scheduled_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return "drain scheduled" if self.scheduled else "drain idle"
