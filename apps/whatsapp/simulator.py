@@ -1,0 +1,2357 @@
+"""A local stand-in for Meta's WhatsApp Cloud API (DESIGN.md §11).
+
+It serves the Graph endpoints Klaros calls under any ``/vNN.N/`` prefix, checks the bearer token
+per number, answers like Meta (ids, error JSON, HTTP statuses), and then delivers signed status
+webhooks (sent, delivered, read, with pricing) to the webhook URL, optionally batched, duplicated
+and out of order. A control API under ``/_sim/`` lets tests and demos make a customer write, inject
+faults and read back every request.
+
+It applies Meta's sending rules: free-form sends outside the customer's 24-hour window are
+accepted and then fail with 131047 (``enforce_window``; off for ``MetaSimulator(...)``, on for the
+management command; ``POST /_sim/window`` sets a window), MARKETING templates to a customer who
+tapped Stop fail with 131050 (``POST /_sim/opt_out`` or ``/_sim/user_preferences``), and more than
+``rate_limit_per_second`` (80) accepted sends per number in a rolling second answer 130429.
+``GET /_sim/stats`` counts accepted, rejected and failed sends and webhooks per number.
+
+Run it in-process (``MetaSimulator(...).start()``, see :mod:`apps.whatsapp.testing`) or with
+``manage.py meta_simulator``. It binds to loopback by default and has no authentication on the
+control API: it is a development tool, never expose it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import random
+import re
+import secrets
+import socket
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.parser import BytesParser
+from email.policy import HTTP
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import requests
+
+from .signature import SIGNATURE_HEADER, dumps_like_meta, sign_body
+
+__all__ = [
+    "ERROR_CATALOG",
+    "Fault",
+    "MetaSimulator",
+    "SimError",
+    "SimNumber",
+    "parse_number_spec",
+]
+
+logger = logging.getLogger("klaros.whatsapp.simulator")
+
+MAX_BODY_BYTES = 120 * 1024 * 1024
+ERROR_HREF = "/documentation/business-messaging/whatsapp/support/error-codes"
+_VERSION_RE = re.compile(r"^/v\d+\.\d+(?=/)")
+_DOWNLOAD_PATH = "/whatsapp_business/attachments/"
+_TEMPLATE_LIST_STATUSES = frozenset(
+    {"APPROVED", "REJECTED", "PENDING", "PAUSED", "DISABLED", "IN_APPEAL", "DELETED"}
+    | {"PENDING_DELETION", "ARCHIVED", "LOCKED"}
+)
+_SEND_TYPES = frozenset(
+    {
+        "text",
+        "image",
+        "audio",
+        "video",
+        "document",
+        "sticker",
+        "location",
+        "contacts",
+        "interactive",
+        "template",
+        "reaction",
+    }
+)
+# Reference §9.5: accepted upload types and their size limits.
+_MEDIA_LIMITS: dict[str, int] = {
+    **dict.fromkeys(
+        ["audio/aac", "audio/amr", "audio/mpeg", "audio/mp4", "audio/ogg"], 16 * 1024 * 1024
+    ),
+    **dict.fromkeys(
+        [
+            "text/plain",
+            "application/pdf",
+            "application/msword",
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+            "application/vnd.ms-excel",
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+            "application/vnd.ms-powerpoint",
+            "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+        ],
+        100 * 1024 * 1024,
+    ),
+    **dict.fromkeys(["image/jpeg", "image/png"], 5 * 1024 * 1024),
+    "image/webp": 500 * 1024,
+    **dict.fromkeys(["video/mp4", "video/3gpp"], 16 * 1024 * 1024),
+}
+
+# code -> (HTTP status, title, details). HTTP statuses follow the reference's §12.3 table.
+ERROR_CATALOG: dict[int, tuple[int, str, str]] = {
+    1: (400, "An unknown error occurred", "An unknown error occurred."),
+    2: (503, "Service temporarily unavailable", "Service temporarily unavailable."),
+    4: (400, "Application request limit reached", "Too many calls from this app."),
+    100: (400, "Invalid parameter", "Invalid parameter."),
+    131000: (500, "Something went wrong", "Message failed to send because of an unknown error."),
+    131005: (403, "Access denied", "Permission is either not granted or has been removed."),
+    131008: (400, "Required parameter is missing", "A required parameter is missing."),
+    131009: (400, "Parameter value is not valid", "One or more parameter values are invalid."),
+    131016: (503, "Service unavailable", "A service is temporarily unavailable."),
+    131026: (
+        400,
+        "Message undeliverable",
+        "Unable to deliver message. Reasons can include: the recipient phone number is not a "
+        "WhatsApp phone number; the recipient has not accepted the new Terms of Service; the "
+        "recipient is using an old WhatsApp version.",
+    ),
+    131030: (
+        400,
+        "Recipient phone number not in allowed list",
+        "Recipient phone number not in allowed list: Add recipient phone number to recipient "
+        "list and try again.",
+    ),
+    131042: (400, "Business eligibility payment issue", "There was an error related to payment."),
+    131047: (
+        400,
+        "Re-engagement message",
+        "Message failed to send because more than 24 hours have passed since the customer last "
+        "replied to this number.",
+    ),
+    131048: (400, "Spam rate limit hit", "Message failed to send because of spam restrictions."),
+    131049: (
+        400,
+        "This message was not delivered to maintain healthy ecosystem engagement.",
+        "In order to maintain a healthy ecosystem engagement, the message failed to be delivered.",
+    ),
+    131050: (
+        400,
+        "Unable to deliver the message. This recipient has chosen to stop receiving marketing "
+        "messages on WhatsApp from your business.",
+        "The recipient has stopped marketing messages from this business.",
+    ),
+    131051: (400, "Message type unknown", "Message type is currently not supported."),
+    131053: (400, "Media upload error", "Unable to upload the media used in the message."),
+    131056: (
+        400,
+        "(Business Account, Consumer Account) pair rate limit hit",
+        "Too many messages sent from the sender phone number to the same recipient phone "
+        "number in a short period of time.",
+    ),
+    131057: (500, "Account in maintenance mode", "Business Account is in maintenance mode."),
+    130429: (
+        400,
+        "Rate limit hit",
+        "Message failed to send because there were too many messages sent from this phone "
+        "number in a short period of time.",
+    ),
+    132000: (
+        400,
+        "Number of parameters does not match the expected number of params",
+        "The number of variable parameter values does not match the template.",
+    ),
+    132001: (
+        404,
+        "Template name does not exist in the translation",
+        "The template does not exist in the specified language or has not been approved.",
+    ),
+    132015: (400, "Template is Paused", "Template is paused due to low quality."),
+    132016: (400, "Template is Disabled", "Template has been paused too many times."),
+    133010: (400, "Phone number Not Registered", "Phone number is not registered."),
+    80007: (400, "Rate limit issues", "The WhatsApp Business Account reached its rate limit."),
+}
+
+
+class SimError(Exception):
+    """A Graph-style error the simulator answers with."""
+
+    def __init__(
+        self,
+        code: int,
+        *,
+        http_status: int | None = None,
+        message: str | None = None,
+        details: str | None = None,
+        subcode: int | None = None,
+        error_type: str = "OAuthException",
+    ) -> None:
+        status, title, default_details = ERROR_CATALOG.get(code, (400, "Error", ""))
+        self.code = code
+        self.http_status = http_status or status
+        self.title = title
+        self.message = message or f"(#{code}) {title}"
+        self.details = default_details if details is None else details
+        self.subcode = subcode
+        self.error_type = error_type
+        super().__init__(self.message)
+
+    def body(self) -> dict[str, Any]:
+        """Meta's synchronous error JSON (reference §12.1)."""
+        error: dict[str, Any] = {
+            "message": self.message,
+            "type": self.error_type,
+            "code": self.code,
+        }
+        if self.details:
+            error["error_data"] = {"messaging_product": "whatsapp", "details": self.details}
+        if self.subcode is not None:
+            error["error_subcode"] = self.subcode
+        error["fbtrace_id"] = _fbtrace_id()
+        return {"error": error}
+
+
+def _token_error() -> SimError:
+    return SimError(
+        190,
+        http_status=401,
+        message="Invalid OAuth access token - Cannot parse access token",
+        details="",
+    )
+
+
+def _unknown_object(object_id: str, method: str) -> SimError:
+    return SimError(
+        100,
+        subcode=33,
+        error_type="GraphMethodException",
+        message=(
+            f"Unsupported {method.lower()} request. Object with ID '{object_id}' does not exist, "
+            "cannot be loaded due to missing permissions, or does not support this operation."
+        ),
+        details="",
+    )
+
+
+def async_error(code: int, details: str | None = None) -> dict[str, Any]:
+    """The error object Meta puts in ``statuses[].errors[]`` / ``messages[].errors[]``."""
+    _status, title, default_details = ERROR_CATALOG.get(code, (400, "Error", ""))
+    return {
+        "code": code,
+        "title": title,
+        "message": title,
+        "error_data": {"details": details if details is not None else default_details},
+        "href": ERROR_HREF,
+    }
+
+
+@dataclass
+class SimNumber:
+    """A business phone number the simulator knows, with its (fake) credentials."""
+
+    phone_number_id: str
+    waba_id: str
+    token: str
+    app_secret: str
+    display_phone_number: str
+    verified_name: str = "Klaros Demo"
+    webhook_url: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        """Everything but the secrets, for listings."""
+        return {
+            "phone_number_id": self.phone_number_id,
+            "waba_id": self.waba_id,
+            "display_phone_number": self.display_phone_number,
+            "verified_name": self.verified_name,
+            "webhook_url": self.webhook_url,
+        }
+
+
+def parse_number_spec(spec: str) -> SimNumber:
+    """Parse ``PNID:WABA_ID:TOKEN:APP_SECRET:DISPLAY_NUMBER`` (the CLI's ``--number``)."""
+    parts = spec.split(":")
+    if len(parts) != 5 or not all(parts):
+        raise ValueError(
+            f"expected PNID:WABA_ID:TOKEN:APP_SECRET:DISPLAY_NUMBER, got {len(parts)} part(s)"
+        )
+    return SimNumber(*parts)
+
+
+@dataclass
+class Fault:
+    """An error (or misbehaviour) to inject into the next ``count`` matching Graph calls.
+
+    ``scope``: ``messages`` (sends; not mark-as-read), ``read`` (mark-as-read), ``media``
+    (uploads), ``templates`` or ``any``. ``code`` answers Meta's error for that code (sync), or,
+    with ``async_=True`` (sends only), accepts the send and later posts a ``failed`` status with
+    that error. ``http_status`` alone (5xx) answers a generic server error; ``non_json`` makes
+    it a bare HTML page like a failing proxy. ``delay`` sleeps before answering;
+    ``drop_connection`` processes the call and closes the socket without answering.
+    """
+
+    phone_number_id: str | None
+    count: int = 1
+    code: int | None = None
+    http_status: int | None = None
+    async_: bool = False
+    delay: float = 0.0
+    drop_connection: bool = False
+    non_json: bool = False
+    details: str | None = None
+    scope: str = "messages"
+    id: int = 0
+
+    def public(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["async"] = data.pop("async_")
+        return data
+
+
+@dataclass
+class _Stats:
+    """Counters for one number (``GET /_sim/stats``)."""
+
+    accepted: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    failed: Counter[str] = field(default_factory=Counter)
+    reads: int = 0
+    webhooks_posted: int = 0
+    webhooks_ok: int = 0
+    webhooks_by_kind: Counter[str] = field(default_factory=Counter)
+    callback_data: Counter[str] = field(default_factory=Counter)
+
+    def public(self, *, with_callback_data: bool = False) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "accepted": self.accepted,
+            "rejected": dict(sorted(self.rejected.items())),
+            "rejected_total": sum(self.rejected.values()),
+            "failed": dict(sorted(self.failed.items())),
+            "failed_total": sum(self.failed.values()),
+            "reads": self.reads,
+            "webhooks": {
+                "posted": self.webhooks_posted,
+                "ok": self.webhooks_ok,
+                "by_kind": dict(sorted(self.webhooks_by_kind.items())),
+            },
+            "callback_data_repeated": {k: n for k, n in self.callback_data.items() if n > 1},
+        }
+        if with_callback_data:
+            data["callback_data"] = dict(self.callback_data)
+        return data
+
+
+@dataclass
+class _Media:
+    media_id: str
+    data: bytes
+    mime_type: str
+    filename: str | None
+    phone_number_id: str
+    created: float
+    deleted: bool = False
+
+    @property
+    def sha256_hex(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    @property
+    def sha256_b64(self) -> str:
+        return base64.b64encode(hashlib.sha256(self.data).digest()).decode("ascii")
+
+
+@dataclass
+class _Delivery:
+    """A webhook waiting for the dispatcher: status dicts to build, or a body to resend."""
+
+    number: SimNumber
+    not_before: float
+    statuses: list[dict[str, Any]] = field(default_factory=list)
+    contacts: list[dict[str, Any]] | None = None
+    body: bytes | None = None
+    kind: str = "statuses"
+    attempt: int = 1
+    retry: bool = True
+
+
+@dataclass
+class _Config:
+    duplicate_rate: float = 0.0
+    reorder_rate: float = 0.0
+    batch_rate: float = 0.0
+    skip_delivered_rate: float = 0.0
+    status_delay: float = 0.0
+    statuses: tuple[str, ...] = ("sent", "delivered", "read")
+    max_attempts: int = 3
+    retry_delay: float = 0.5
+    escape_slashes: bool = False
+    media_url_ttl: float = 300.0
+    webhook_timeout: float = 10.0
+    # Meta's sending rules (reference §10, §7.6, §14.1). The 24-hour window is off by default for
+    # MetaSimulator(...) (tests send free-form without an inbound first); the management command
+    # turns it on. Opt-outs only bite after a stop, so they are on; 0 disables the rate limit.
+    enforce_window: bool = False
+    window_seconds: float = 24 * 3600.0
+    window_sync_error: bool = False
+    enforce_opt_out: bool = True
+    rate_limit_per_second: int = 80
+
+    CHAOS = {
+        "duplicate_rate": 0.05,
+        "reorder_rate": 0.15,
+        "batch_rate": 0.3,
+        "skip_delivered_rate": 0.1,
+    }
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False  # a handler sleeping in a delay fault must not block stop()
+    allow_reuse_address = True
+    sim: MetaSimulator
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that hang up mid-answer are normal here (timeouts, dropped connections).
+        logger.debug("simulator: error serving %s", client_address, exc_info=True)
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class MetaSimulator:
+    """The Meta stand-in. ``start()`` serves in a background thread; ``stop()`` ends it.
+
+    ``port=0`` picks a free port; read it back from :attr:`url`. All rates default to 0, so
+    webhooks arrive one per POST, in order, exactly once, unless ``chaos=True`` or
+    :meth:`configure` says otherwise.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        webhook_url: str | None = None,
+        *,
+        numbers: Iterable[SimNumber] = (),
+        seed: int | None = None,
+        chaos: bool = False,
+        enforce_window: bool = False,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.webhook_url = webhook_url
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._numbers: dict[str, SimNumber] = {}
+        self._media: dict[str, _Media] = {}
+        self._templates: dict[str, list[dict[str, Any]]] = {}
+        self._faults: list[Fault] = []
+        self._fault_seq = 0
+        self._requests: list[dict[str, Any]] = []
+        self._webhooks: list[dict[str, Any]] = []
+        self._sent: dict[str, dict[str, Any]] = {}
+        self._customers: dict[str, str] = {}
+        # (phone_number_id, customer key) -> unix time of the customer's last inbound message.
+        self._windows: dict[tuple[str, str], float] = {}
+        self._opted_out: set[tuple[str, str]] = set()
+        self._send_times: dict[str, deque[float]] = {}
+        self._stats: dict[str, _Stats] = {}
+        self._pending: list[_Delivery] = []
+        self._held = False
+        self._inflight = 0
+        self._config = _Config(**(_Config.CHAOS if chaos else {}), enforce_window=enforce_window)
+        self._seed = seed
+        self._rng = random.Random(seed)  # noqa: S311 - test chaos, not cryptography
+        self._url_key = secrets.token_bytes(32)
+        self._server: _Server | None = None
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+        self._session = requests.Session()
+        self._session.trust_env = False
+        for number in numbers:
+            self.add_number(number)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def url(self) -> str:
+        """Base URL of the simulator, e.g. ``http://127.0.0.1:8765`` (no version)."""
+        if self._server is None:
+            raise RuntimeError("simulator not started")
+        host = self.host
+        if host in ("0.0.0.0", ""):  # noqa: S104 - reaching a wildcard bind via loopback
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    def graph_url(self, version: str = "v25.0") -> str:
+        """The Graph base URL to hand to GraphClient, e.g. ``http://127.0.0.1:8765/v25.0``."""
+        return f"{self.url}/{version}"
+
+    def start(self) -> MetaSimulator:
+        """Bind, then serve HTTP and deliver webhooks in background threads."""
+        if self._server is not None:
+            return self
+        server_cls = _Server6 if ":" in self.host else _Server
+        server = server_cls((self.host, self.port), _Handler)
+        server.sim = self
+        self._server = server
+        self.port = server.server_address[1]
+        self._stopping = False
+        serve = threading.Thread(
+            target=server.serve_forever, args=(0.05,), name="meta-sim-http", daemon=True
+        )
+        deliver = threading.Thread(
+            target=self._dispatch_loop, name="meta-sim-webhooks", daemon=True
+        )
+        self._threads = [serve, deliver]
+        for thread in self._threads:
+            thread.start()
+        logger.info("Meta simulator listening on %s", self.url)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and delivering. Pending webhooks are dropped."""
+        server = self._server
+        if server is None:
+            return
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        server.shutdown()
+        server.server_close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._threads = []
+        self._server = None
+        self._session.close()
+
+    def __enter__(self) -> MetaSimulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def serve_until_interrupted(self) -> None:
+        """Start and block until Ctrl-C (for the management command)."""
+        self.start()
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+
+    # ------------------------------------------------------------------ state (Python API)
+
+    def add_number(self, number: SimNumber) -> SimNumber:
+        """Register (or replace) a business number."""
+        with self._lock:
+            self._numbers[number.phone_number_id] = number
+        return number
+
+    def numbers(self) -> list[SimNumber]:
+        """All registered numbers."""
+        with self._lock:
+            return list(self._numbers.values())
+
+    def configure(self, **options: Any) -> dict[str, Any]:
+        """Change delivery behaviour: rates (0..1), ``status_delay``, ``statuses``, ``seed``,
+        ``max_attempts``, ``retry_delay``, ``escape_slashes``, ``media_url_ttl``,
+        ``webhook_url``, ``hold_webhooks`` (queue without posting), ``chaos`` (true sets the
+        default chaos rates, false zeroes them).
+
+        Sending rules: ``enforce_window`` (free-form sends outside the customer's 24-hour window
+        fail with 131047), ``window_seconds`` (its length, 86400), ``window_sync_error`` (answer
+        131047 synchronously instead of a ``failed`` webhook), ``enforce_opt_out`` (MARKETING
+        templates to a customer who tapped Stop fail with 131050), ``rate_limit_per_second``
+        (accepted sends per number in any rolling second before 130429; 0 disables).
+        """
+        with self._lock:
+            cfg = self._config
+            if "chaos" in options:
+                chaos = bool(options.pop("chaos"))
+                for key, value in _Config.CHAOS.items():
+                    setattr(cfg, key, value if chaos else 0.0)
+            if "seed" in options:
+                self._seed = options.pop("seed")
+                self._rng.seed(self._seed)
+            if "webhook_url" in options:
+                self.webhook_url = options.pop("webhook_url") or None
+            for key, value in options.items():
+                if key.endswith("_rate"):
+                    rate = float(value)
+                    if not 0.0 <= rate <= 1.0 or not hasattr(cfg, key):
+                        raise ValueError(f"{key}: expected a known rate between 0 and 1")
+                    setattr(cfg, key, rate)
+                elif key == "statuses":
+                    allowed = {"sent", "delivered", "read", "played"}
+                    if not isinstance(value, list) or not set(value) <= allowed:
+                        raise ValueError(f"statuses: a list drawn from {sorted(allowed)}")
+                    cfg.statuses = tuple(value)
+                elif key in ("status_delay", "retry_delay", "media_url_ttl", "webhook_timeout"):
+                    setattr(cfg, key, max(0.0, float(value)))
+                elif key == "max_attempts":
+                    cfg.max_attempts = max(1, int(value))
+                elif key == "escape_slashes":
+                    cfg.escape_slashes = bool(value)
+                elif key in ("enforce_window", "window_sync_error", "enforce_opt_out"):
+                    if not isinstance(value, bool):
+                        raise ValueError(f"{key}: expected true or false")
+                    setattr(cfg, key, value)
+                elif key == "window_seconds":
+                    seconds = float(value)
+                    if seconds <= 0:
+                        raise ValueError("window_seconds: expected a positive number")
+                    cfg.window_seconds = seconds
+                elif key == "rate_limit_per_second":
+                    if isinstance(value, bool) or int(value) < 0:
+                        raise ValueError("rate_limit_per_second: expected 0 (off) or more")
+                    cfg.rate_limit_per_second = int(value)
+                elif key == "hold_webhooks":
+                    self._held = bool(value)
+                    self._cond.notify_all()
+                else:
+                    raise ValueError(f"unknown option {key!r}")
+            return self.config()
+
+    def config(self) -> dict[str, Any]:
+        """The current delivery configuration."""
+        with self._lock:
+            data = {k: v for k, v in asdict(self._config).items()}
+            data["statuses"] = list(self._config.statuses)
+            data["seed"] = self._seed
+            data["webhook_url"] = self.webhook_url
+            data["hold_webhooks"] = self._held
+            return data
+
+    def add_fault(self, fault: Fault) -> Fault:
+        """Queue a fault for the next ``fault.count`` matching Graph calls."""
+        if fault.count < 1:
+            raise ValueError("count must be at least 1")
+        if fault.scope not in ("messages", "read", "media", "templates", "any"):
+            raise ValueError(f"unknown fault scope {fault.scope!r}")
+        if fault.http_status is not None and not 400 <= fault.http_status <= 599:
+            raise ValueError("http_status must be a 4xx or 5xx status")
+        with self._lock:
+            self._fault_seq += 1
+            fault.id = self._fault_seq
+            self._faults.append(fault)
+        return fault
+
+    def faults(self) -> list[Fault]:
+        """Faults not yet used up."""
+        with self._lock:
+            return list(self._faults)
+
+    def clear_faults(self) -> None:
+        """Forget all pending faults."""
+        with self._lock:
+            self._faults.clear()
+
+    def set_templates(
+        self, waba_id: str, templates: Iterable[Mapping[str, Any]], *, replace: bool = True
+    ) -> list[dict[str, Any]]:
+        """Set (or add to) a WABA's message templates; missing ids and defaults are filled in."""
+        with self._lock:
+            current = [] if replace else list(self._templates.get(waba_id, []))
+            for raw in templates:
+                if not raw.get("name"):
+                    raise ValueError("every template needs a name")
+                tpl = {
+                    "name": raw["name"],
+                    "parameter_format": raw.get("parameter_format", "POSITIONAL"),
+                    "components": raw.get("components")
+                    or [{"type": "BODY", "text": f"Hello from {raw['name']}"}],
+                    "language": raw.get("language", "en_US"),
+                    "status": raw.get("status", "APPROVED"),
+                    "category": raw.get("category", "UTILITY"),
+                    "id": str(raw.get("id") or _digits(16)),
+                }
+                tpl.update({k: v for k, v in raw.items() if k not in tpl})
+                current = [
+                    t
+                    for t in current
+                    if (t["name"], t["language"]) != (tpl["name"], tpl["language"])
+                ]
+                current.append(tpl)
+            self._templates[waba_id] = current
+            return [dict(t) for t in current]
+
+    def templates(self, waba_id: str) -> list[dict[str, Any]]:
+        """A WABA's templates."""
+        with self._lock:
+            return [dict(t) for t in self._templates.get(waba_id, [])]
+
+    def put_media(
+        self,
+        phone_number_id: str,
+        data: bytes,
+        mime_type: str,
+        filename: str | None = None,
+    ) -> str:
+        """Store media owned by a number (as if a customer sent it); returns the media id."""
+        media = _Media(_digits(16), data, mime_type, filename, phone_number_id, time.time())
+        with self._lock:
+            self._media[media.media_id] = media
+        return media.media_id
+
+    def media_download_url(self, media_id: str) -> str:
+        """A fresh, signed, expiring download URL like Meta's ``lookaside`` links."""
+        expires = int(time.time() + self._config.media_url_ttl)
+        query = urlencode(
+            {"mid": media_id, "ext": expires, "hash": self._url_hash(media_id, expires)}
+        )
+        return f"{self.url}{_DOWNLOAD_PATH}?{query}"
+
+    def requests(
+        self, phone_number_id: str | None = None, *, biz_opaque_callback_data: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Every Graph request received (oldest first), optionally for one number and/or one
+        ``biz_opaque_callback_data`` (sends whose JSON body carried it)."""
+        with self._lock:
+            return [
+                dict(r)
+                for r in self._requests
+                if (phone_number_id is None or r.get("phone_number_id") == phone_number_id)
+                and (
+                    biz_opaque_callback_data is None
+                    or _callback_data(r.get("json")) == biz_opaque_callback_data
+                )
+            ]
+
+    def clear_requests(self) -> None:
+        """Forget the request log."""
+        with self._lock:
+            self._requests.clear()
+
+    def webhooks(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """Every webhook POST attempt made (oldest first), with Klaros's answer."""
+        with self._lock:
+            return [dict(w) for w in self._webhooks if kind is None or w["kind"] == kind]
+
+    def clear_webhooks(self) -> None:
+        """Forget the webhook log."""
+        with self._lock:
+            self._webhooks.clear()
+
+    def sent_messages(self, biz_opaque_callback_data: str | None = None) -> list[dict[str, Any]]:
+        """Messages accepted by ``POST /{pnid}/messages``, oldest first (optionally only those
+        carrying one ``biz_opaque_callback_data``)."""
+        with self._lock:
+            return [
+                dict(m)
+                for m in self._sent.values()
+                if biz_opaque_callback_data is None
+                or _callback_data(m["payload"]) == biz_opaque_callback_data
+            ]
+
+    # ------------------------------------------------------------------ sending rules state
+
+    def set_window(
+        self, phone_number_id: str | None, customer: str, last_inbound_at: float | None
+    ) -> dict[str, Any]:
+        """Set when ``customer`` (wa_id or user_id) last wrote to a number, in unix seconds;
+        ``None`` forgets it (window never opened). E.g. ``time.time() - 25 * 3600``."""
+        number = self._number(phone_number_id)
+        key = (number.phone_number_id, _customer_key(customer))
+        with self._lock:
+            if last_inbound_at is None:
+                self._windows.pop(key, None)
+            else:
+                self._windows[key] = float(last_inbound_at)
+        return self.window(number.phone_number_id, customer)
+
+    def window(self, phone_number_id: str | None, customer: str) -> dict[str, Any]:
+        """The customer-service window (and marketing opt-out) of one customer."""
+        number = self._number(phone_number_id)
+        key = (number.phone_number_id, _customer_key(customer))
+        with self._lock:
+            last = self._windows.get(key)
+            opted_out = key in self._opted_out
+            length = self._config.window_seconds
+        expires = None if last is None else last + length
+        return {
+            "phone_number_id": number.phone_number_id,
+            "customer": key[1],
+            "last_inbound_at": last,
+            "expires_at": expires,
+            "open": expires is not None and time.time() < expires,
+            "opted_out_marketing": opted_out,
+        }
+
+    def set_opt_out(self, phone_number_id: str | None, customer: str, value: str) -> dict[str, Any]:
+        """Record a marketing ``stop`` or ``resume`` without posting a webhook."""
+        if value not in ("stop", "resume"):
+            raise ValueError("value: expected 'stop' or 'resume'")
+        number = self._number(phone_number_id)
+        self._record_preference(number.phone_number_id, [customer], value)
+        return self.window(number.phone_number_id, customer)
+
+    def stats(self, *, with_callback_data: bool = False) -> dict[str, Any]:
+        """Per number: accepted sends, sync rejections and async failures by code, mark-as-read
+        calls, webhooks posted, and ``biz_opaque_callback_data`` values sent more than once."""
+        with self._lock:
+            return {
+                pnid: stats.public(with_callback_data=with_callback_data)
+                for pnid, stats in sorted(self._stats.items())
+            }
+
+    def clear_stats(self) -> None:
+        """Reset the counters behind :meth:`stats` (not windows, opt-outs or logs)."""
+        with self._lock:
+            self._stats.clear()
+
+    def _stats_for(self, phone_number_id: str) -> _Stats:
+        # Callers hold the lock.
+        stats = self._stats.get(phone_number_id)
+        if stats is None:
+            stats = self._stats[phone_number_id] = _Stats()
+        return stats
+
+    def _record_inbound(self, phone_number_id: str, customers: Iterable[str], ts: float) -> None:
+        with self._lock:
+            for customer in customers:
+                key = (phone_number_id, _customer_key(customer))
+                self._windows[key] = max(ts, self._windows.get(key, ts))
+
+    def _record_preference(
+        self, phone_number_id: str, customers: Iterable[str | None], value: str
+    ) -> None:
+        with self._lock:
+            for customer in customers:
+                if not customer:
+                    continue
+                key = (phone_number_id, _customer_key(customer))
+                if value == "stop":
+                    self._opted_out.add(key)
+                elif value == "resume":
+                    self._opted_out.discard(key)
+
+    def _window_open(self, phone_number_id: str, customer: str) -> bool:
+        with self._lock:
+            last = self._windows.get((phone_number_id, _customer_key(customer)))
+            length = self._config.window_seconds
+        return last is not None and time.time() < last + length
+
+    @contextmanager
+    def webhooks_held(self) -> Iterator[None]:
+        """Queue status webhooks without posting them until the block ends (to force batches)."""
+        self.configure(hold_webhooks=True)
+        try:
+            yield
+        finally:
+            self.configure(hold_webhooks=False)
+
+    def wait_idle(self, timeout: float = 5.0) -> bool:
+        """Wait until no webhook is pending or being posted; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._pending or self._inflight:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(min(remaining, 0.05))
+            return True
+
+    def _number(self, phone_number_id: str | None) -> SimNumber:
+        with self._lock:
+            if phone_number_id is None:
+                if len(self._numbers) == 1:
+                    return next(iter(self._numbers.values()))
+                raise ValueError("phone_number_id is required when several numbers are known")
+            number = self._numbers.get(str(phone_number_id))
+        if number is None:
+            raise ValueError(f"unknown phone_number_id {phone_number_id!r}")
+        return number
+
+    # ------------------------------------------------------------------ customer side
+
+    def inbound(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """Make a customer send a message to a number and deliver it as a signed webhook.
+
+        See :func:`build_inbound_message` for ``spec``. Returns the wamid, the exact body
+        posted, its signature and the HTTP status Klaros answered (None if unreachable).
+        """
+        number = self._number(spec.get("phone_number_id"))
+        message, contacts, media_id = self._build_inbound(number, spec)
+        value: dict[str, Any] = {
+            "messaging_product": "whatsapp",
+            "metadata": _metadata(number),
+        }
+        if contacts:
+            value["contacts"] = contacts
+        value["messages"] = [message]
+        if spec.get("value_errors"):
+            value["errors"] = list(spec["value_errors"])
+        payload = _envelope(number.waba_id, [("messages", value)])
+        sign = spec.get("sign", True) is not False
+        deliver = spec.get("deliver", True) is not False
+        if deliver and sign and spec.get("signature") is None and message["type"] != "system":
+            # The customer wrote: (re)open the 24-hour window, from the message's own timestamp.
+            # Recorded before posting, so a reply Klaros sends while answering already sees it.
+            customers = [c for c in (message.get("from"), message.get("from_user_id")) if c]
+            self._record_inbound(number.phone_number_id, customers, float(message["timestamp"]))
+        result = self._post_now(
+            number,
+            payload,
+            kind="inbound",
+            sign=sign,
+            signature=spec.get("signature"),
+            deliver=deliver,
+        )
+        result.update({"wamid": message["id"], "message": message, "media_id": media_id})
+        return result
+
+    def send_user_preference(
+        self,
+        phone_number_id: str | None,
+        wa_id: str,
+        value: str = "stop",
+        *,
+        category: str = "marketing_messages",
+        user_id: str | None = None,
+        name: str | None = None,
+    ) -> dict[str, Any]:
+        """Deliver a ``user_preferences`` webhook (customer tapped Stop/Resume promotions)."""
+        number = self._number(phone_number_id)
+        detail = {
+            "stop": "User requested to stop marketing messages",
+            "resume": "User requested to resume marketing messages",
+        }.get(value, f"User preference: {value}")
+        pref: dict[str, Any] = {
+            "wa_id": wa_id,
+            "detail": detail,
+            "category": category,
+            "value": value,
+            "timestamp": int(time.time()),
+        }
+        contact: dict[str, Any] = {"profile": {"name": name or self._customers.get(wa_id, "")}}
+        contact["wa_id"] = wa_id
+        if user_id:
+            pref["user_id"] = user_id
+            contact["user_id"] = user_id
+        value_obj = {
+            "messaging_product": "whatsapp",
+            "metadata": _metadata(number),
+            "contacts": [contact],
+            "user_preferences": [pref],
+        }
+        payload = _envelope(number.waba_id, [("user_preferences", value_obj)])
+        if category == "marketing_messages":
+            self._record_preference(number.phone_number_id, [wa_id, user_id], value)
+        return self._post_now(number, payload, kind="user_preferences")
+
+    def send_template_status(
+        self,
+        waba_id: str,
+        name: str,
+        event: str,
+        *,
+        language: str = "en_US",
+        reason: str | None = "NONE",
+    ) -> dict[str, Any]:
+        """Change a template's status and deliver ``message_template_status_update``."""
+        with self._lock:
+            numbers = [n for n in self._numbers.values() if n.waba_id == waba_id]
+            if not numbers:
+                raise ValueError(f"no number registered for WABA {waba_id!r}")
+            templates = self._templates.get(waba_id, [])
+            match = next(
+                (t for t in templates if t["name"] == name and t["language"] == language), None
+            )
+            if match is None:
+                raise ValueError(f"template {name!r}/{language} unknown for WABA {waba_id!r}")
+            if event in _TEMPLATE_LIST_STATUSES:
+                match["status"] = event
+            elif event in ("REINSTATED", "UNARCHIVED"):
+                match["status"] = "APPROVED"
+            # Meta sends the template id as an integer in this webhook only.
+            template_id: int | str = int(match["id"]) if str(match["id"]).isdigit() else match["id"]
+            category = match.get("category")
+        value = {
+            "event": event,
+            "message_template_id": template_id,
+            "message_template_name": name,
+            "message_template_language": language,
+            "reason": reason,
+            "message_template_category": category,
+        }
+        payload = _envelope(
+            waba_id, [("message_template_status_update", value)], time_=int(time.time())
+        )
+        return self._post_now(numbers[0], payload, kind="template_status")
+
+    def post_raw_webhook(
+        self, phone_number_id: str | None, payload: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Sign any payload with a number's app secret and post it (for odd shapes)."""
+        number = self._number(phone_number_id)
+        return self._post_now(number, payload, kind="raw")
+
+    def verify_webhook(self, verify_token: str, url: str | None = None) -> dict[str, Any]:
+        """Do Meta's subscription handshake (GET with hub.* parameters) against the webhook."""
+        target = url or self.webhook_url
+        if not target:
+            raise ValueError("no webhook_url configured")
+        challenge = _digits(10)
+        params = {
+            "hub.mode": "subscribe",
+            "hub.challenge": challenge,
+            "hub.verify_token": verify_token,
+        }
+        try:
+            response = self._session.get(target, params=params, timeout=10)
+        except requests.RequestException as exc:
+            return {"verified": False, "status": None, "error": type(exc).__name__}
+        verified = response.status_code == 200 and response.text == challenge
+        return {"verified": verified, "status": response.status_code, "body": response.text[:200]}
+
+    def _build_inbound(
+        self, number: SimNumber, spec: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], list[dict[str, Any]], str | None]:
+        msg_type = str(spec.get("type") or "text")
+        voice = spec.get("voice")
+        if msg_type == "voice":
+            msg_type, voice = "audio", True
+        wa_id = str(spec.get("from") or "15551234567")
+        name = spec.get("name", "Test Customer")
+        user_id = spec.get("user_id")
+        hide_phone = bool(spec.get("hide_phone"))
+        wamid = str(spec.get("wamid") or _wamid())
+        ts = spec.get("timestamp")
+        message: dict[str, Any] = {}
+        if spec.get("context") is not None:
+            message["context"] = dict(spec["context"])
+        elif spec.get("reply_to"):
+            message["context"] = {
+                "from": str(spec.get("reply_to_from") or number.display_phone_number),
+                "id": str(spec["reply_to"]),
+            }
+        elif msg_type in ("interactive", "button"):
+            # Replies to buttons always quote the business message that carried them.
+            message["context"] = {"from": number.display_phone_number, "id": _wamid()}
+        if spec.get("forwarded"):
+            message.setdefault("context", {})["forwarded"] = True
+        if spec.get("frequently_forwarded"):
+            message.setdefault("context", {})["frequently_forwarded"] = True
+        if not hide_phone:
+            message["from"] = wa_id
+        if user_id:
+            message["from_user_id"] = str(user_id)
+        message["id"] = wamid
+        message["timestamp"] = str(int(ts) if ts is not None else int(time.time()))
+        if spec.get("referral"):
+            referral = spec["referral"]
+            message["referral"] = dict(referral) if isinstance(referral, Mapping) else _REFERRAL
+        message["type"] = msg_type
+
+        media_id = None
+        content: Any
+        if msg_type in ("image", "video", "audio", "document", "sticker"):
+            content, media_id = self._inbound_media(number, msg_type, spec, voice)
+        elif msg_type == "text":
+            content = {"body": str(spec.get("text", "Hello"))}
+        elif msg_type == "reaction":
+            content = {"message_id": str(spec.get("reply_to") or spec.get("message_id") or "")}
+            emoji = spec.get("emoji", "\N{THUMBS UP SIGN}")
+            if emoji:  # missing or empty emoji means "reaction removed"
+                content["emoji"] = emoji
+            message.pop("context", None)
+        elif msg_type == "interactive":
+            kind = str(spec.get("reply_type") or "button_reply")
+            reply: dict[str, Any] = {
+                "id": str(spec.get("reply_id") or "option-1"),
+                "title": str(spec.get("title") or "Option 1"),
+            }
+            if kind == "list_reply" and spec.get("description"):
+                reply["description"] = str(spec["description"])
+            if kind == "nfm_reply":
+                reply = {"name": "flow", "body": "Sent", "response_json": '{"flow_token":"x"}'}
+            content = {"type": kind, kind: reply}
+        elif msg_type == "button":
+            text = str(spec.get("text") or "Stop promotions")
+            content = {"payload": str(spec.get("payload") or text), "text": text}
+        elif msg_type == "system":
+            new_wa_id = str(spec.get("new_wa_id") or "15557654321")
+            content = {
+                "body": f"User {name} changed from {wa_id} to {new_wa_id}",
+                "wa_id": new_wa_id,
+                "type": "user_changed_number",
+            }
+        elif msg_type == "unsupported":
+            content = {"type": str(spec.get("unsupported_type") or "poll_creation")}
+            message["errors"] = [async_error(int(spec.get("error_code") or 131051))]
+        else:
+            content = json.loads(json.dumps(_DEFAULT_CONTENT.get(msg_type, {})))
+        if "content" in spec:
+            content = spec["content"]  # verbatim override, e.g. a reaction without emoji
+        if spec.get("errors") is not None:
+            message["errors"] = list(spec["errors"])
+        message[msg_type] = content
+
+        contacts: list[dict[str, Any]] = []
+        if msg_type != "system":  # system messages come without contacts[]
+            contact: dict[str, Any] = {"profile": {"name": name}} if name else {"profile": {}}
+            if spec.get("username"):
+                contact["profile"]["username"] = spec["username"]
+            if not hide_phone:
+                contact["wa_id"] = wa_id
+            if user_id:
+                contact["user_id"] = str(user_id)
+            contacts.append(contact)
+            if name:
+                with self._lock:
+                    self._customers[wa_id] = name
+        return message, contacts, media_id
+
+    def _inbound_media(
+        self, number: SimNumber, msg_type: str, spec: Mapping[str, Any], voice: Any
+    ) -> tuple[dict[str, Any], str]:
+        media = spec.get("media") or {}
+        default_mime, default_data, default_name = _DEFAULT_MEDIA[msg_type]
+        if "base64" in media:
+            data = base64.b64decode(media["base64"])
+        elif "text" in media:
+            data = str(media["text"]).encode("utf-8")
+        else:
+            data = default_data
+        mime = str(media.get("mime_type") or default_mime)
+        filename = spec.get("filename") or media.get("filename")
+        if msg_type == "document" and not filename:
+            filename = default_name
+        media_id = self.put_media(number.phone_number_id, data, mime, filename)
+        stored = self._media[media_id]
+        content: dict[str, Any] = {}
+        if spec.get("caption") and msg_type in ("image", "video", "document"):
+            content["caption"] = str(spec["caption"])
+        if msg_type == "document":
+            content["filename"] = filename
+        content.update({"mime_type": mime, "sha256": stored.sha256_b64, "id": media_id})
+        if spec.get("include_url", True):
+            content["url"] = self.media_download_url(media_id)
+        if msg_type == "audio":
+            content["voice"] = bool(voice)
+        if msg_type == "sticker":
+            content["animated"] = bool(spec.get("animated", False))
+        return content, media_id
+
+    # ------------------------------------------------------------------ webhook delivery
+
+    def _target(self, number: SimNumber) -> str | None:
+        return number.webhook_url or self.webhook_url
+
+    def _encode(self, payload: Mapping[str, Any]) -> bytes:
+        return dumps_like_meta(payload, escape_slashes=self._config.escape_slashes)
+
+    def _post_now(
+        self,
+        number: SimNumber,
+        payload: Mapping[str, Any],
+        *,
+        kind: str,
+        sign: bool = True,
+        signature: str | None = None,
+        deliver: bool = True,
+    ) -> dict[str, Any]:
+        body = self._encode(payload)
+        header = signature if signature is not None else sign_body(body, number.app_secret)
+        result: dict[str, Any] = {
+            "body": body.decode("ascii"),
+            "signature": header if sign else None,
+        }
+        if not deliver:
+            result.update({"status": None, "delivered": False})
+            return result
+        record = self._post(number, body, header if sign else None, kind=kind, attempt=1)
+        result.update({"status": record["status"], "error": record["error"], "delivered": True})
+        # Meta retries anything but 200; forged or unsigned test posts are not Meta's, no retry.
+        if record["status"] != 200 and sign and signature is None and self._target(number):
+            self._retry_later(_Delivery(number, 0.0, body=body, kind=kind, attempt=1))
+        return result
+
+    def _post(
+        self, number: SimNumber, body: bytes, signature: str | None, *, kind: str, attempt: int
+    ) -> dict[str, Any]:
+        target = self._target(number)
+        status: int | None = None
+        error: str | None = None
+        if not target:
+            error = "no webhook_url configured"
+        else:
+            headers = {"Content-Type": "application/json", "User-Agent": "facebookexternalua"}
+            if signature is not None:
+                headers[SIGNATURE_HEADER] = signature
+            try:
+                response = self._session.post(
+                    target, data=body, headers=headers, timeout=self._config.webhook_timeout
+                )
+                status = response.status_code
+                response.close()
+            except requests.RequestException as exc:
+                error = f"{type(exc).__name__}: {exc}"
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
+        record = {
+            "time": _now_iso(),
+            "kind": kind,
+            "url": target,
+            "phone_number_id": number.phone_number_id,
+            "attempt": attempt,
+            "status": status,
+            "error": error,
+            "signature": signature,
+            "body": body.decode("ascii", "replace"),
+            "json": parsed,
+            "statuses": _status_pairs(parsed),
+        }
+        with self._lock:
+            record["id"] = len(self._webhooks) + 1
+            self._webhooks.append(record)
+            stats = self._stats_for(number.phone_number_id)
+            stats.webhooks_posted += 1
+            stats.webhooks_ok += status == 200
+            stats.webhooks_by_kind[kind] += 1
+        if error:
+            logger.warning("webhook %s to %s failed: %s", kind, target, error)
+        return record
+
+    def _retry_later(self, delivery: _Delivery) -> None:
+        if delivery.attempt >= self._config.max_attempts:
+            return
+        delay = self._config.retry_delay * (2 ** (delivery.attempt - 1))
+        retry = _Delivery(
+            delivery.number,
+            time.monotonic() + delay,
+            body=delivery.body,
+            kind=delivery.kind,
+            attempt=delivery.attempt + 1,
+        )
+        with self._cond:
+            self._pending.append(retry)
+            self._cond.notify_all()
+
+    def _schedule_statuses(
+        self, number: SimNumber, statuses: list[dict[str, Any]], contacts: list[dict[str, Any]]
+    ) -> None:
+        delay = self._config.status_delay
+        now = time.monotonic()
+        with self._cond:
+            for i, status in enumerate(statuses):
+                with_contacts = contacts if status["status"] != "failed" else None
+                self._pending.append(_Delivery(number, now + i * delay, [status], with_contacts))
+            self._cond.notify_all()
+
+    def _dispatch_loop(self) -> None:
+        while True:
+            with self._cond:
+                batch = self._take_ready()
+                while batch is None:
+                    if self._stopping:
+                        return
+                    wait = self._next_wait()
+                    self._cond.wait(wait)
+                    if self._stopping:
+                        return
+                    batch = self._take_ready()
+                self._inflight += 1
+            try:
+                self._deliver(batch)
+            except Exception:  # the delivery thread must survive anything
+                logger.exception("simulator webhook delivery failed")
+            finally:
+                with self._cond:
+                    self._inflight -= 1
+                    self._cond.notify_all()
+
+    def _next_wait(self) -> float:
+        if not self._pending:
+            return 1.0
+        soonest = min(d.not_before for d in self._pending)
+        return max(0.001, min(1.0, soonest - time.monotonic()))
+
+    def _take_ready(self) -> list[_Delivery] | None:
+        if self._held:
+            return None
+        now = time.monotonic()
+        ready = [i for i, d in enumerate(self._pending) if d.not_before <= now]
+        if not ready:
+            return None
+        cfg = self._config
+        index = ready[0]
+        if len(ready) > 1 and self._rng.random() < cfg.reorder_rate:
+            index = ready[1]  # send a later update first
+        first = self._pending.pop(index)
+        batch = [first]
+        if first.body is None and self._rng.random() < cfg.batch_rate:
+            for i in reversed(range(len(self._pending))):
+                other = self._pending[i]
+                if (
+                    other.not_before <= now
+                    and other.body is None
+                    and other.number.app_secret == first.number.app_secret
+                    and self._target(other.number) == self._target(first.number)
+                    and len(batch) < 10
+                ):
+                    batch.insert(1, self._pending.pop(i))
+        return batch
+
+    def _deliver(self, batch: list[_Delivery]) -> None:
+        first = batch[0]
+        body = first.body if first.body is not None else self._encode(_status_payload(batch))
+        signature = sign_body(body, first.number.app_secret)
+        record = self._post(first.number, body, signature, kind=first.kind, attempt=first.attempt)
+        if record["status"] != 200 and record["url"]:
+            self._retry_later(
+                _Delivery(first.number, 0.0, body=body, kind=first.kind, attempt=first.attempt)
+            )
+        elif first.body is None and self._rng.random() < self._config.duplicate_rate:
+            # Meta delivers the same update twice now and then; re-send the identical bytes.
+            with self._cond:
+                self._pending.append(
+                    _Delivery(first.number, time.monotonic(), body=body, kind=first.kind, attempt=1)
+                )
+                self._cond.notify_all()
+
+    # ------------------------------------------------------------------ Graph endpoints
+
+    def _url_hash(self, media_id: str, expires: int) -> str:
+        mac = hmac.new(self._url_key, f"{media_id}:{expires}".encode(), hashlib.sha256)
+        return mac.hexdigest()[:32]
+
+    def _auth(self, headers: Mapping[str, str]) -> tuple[SimNumber | None, str]:
+        value = headers.get("Authorization") or ""
+        if not value.startswith("Bearer ") or not value[7:].strip():
+            return None, "missing"
+        token = value[7:].strip()
+        with self._lock:
+            for number in self._numbers.values():
+                if hmac.compare_digest(number.token.encode(), token.encode()):
+                    return number, "ok"
+        return None, "invalid"
+
+    def _take_fault(self, pnid: str | None, scope: str) -> Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.phone_number_id not in (None, pnid):
+                    continue
+                if fault.scope not in (scope, "any"):
+                    continue
+                fault.count -= 1
+                if fault.count <= 0:
+                    self._faults.remove(fault)
+                return fault
+        return None
+
+    def handle_graph(
+        self, method: str, raw_path: str, headers: Mapping[str, str], body: bytes
+    ) -> _Reply:
+        """Answer one Graph request and log it (used by the HTTP handler)."""
+        parts = urlsplit(raw_path)
+        path = _VERSION_RE.sub("", parts.path)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        segments = [s for s in path.split("/") if s]
+        entry: dict[str, Any] = {
+            "time": _now_iso(),
+            "method": method,
+            "path": parts.path,
+            "query": query,
+            "phone_number_id": None,
+            "waba_id": None,
+            "auth": None,
+            "json": None,
+            "form": None,
+            "fault": None,
+        }
+        reply = self._route(method, parts.path, segments, query, headers, body, entry)
+        entry["status"] = reply.status
+        entry["response"] = reply.json_body
+        with self._lock:
+            entry["id"] = len(self._requests) + 1
+            self._requests.append(entry)
+            if method == "POST" and len(segments) == 2 and segments[1] == "messages":
+                self._count_send(entry.get("phone_number_id") or segments[0], entry, body, reply)
+        return reply
+
+    def _count_send(self, pnid: str, entry: dict[str, Any], body: bytes, reply: _Reply) -> None:
+        # Callers hold the lock. Unknown numbers are not counted (no unbounded keys).
+        if pnid not in self._numbers:
+            return
+        payload = entry.get("json")
+        if payload is None:  # not parsed: refused before reading the body (190)
+            try:
+                payload = json.loads(body or b"null")
+            except ValueError:
+                payload = None
+        stats = self._stats_for(pnid)
+        if isinstance(payload, dict) and payload.get("status") is not None:
+            stats.reads += reply.status == 200  # mark-as-read is not a send
+            return
+        if reply.status == 200:
+            stats.accepted += 1
+            callback = _callback_data(payload)
+            if callback is not None:
+                stats.callback_data[callback] += 1
+            return
+        error = reply.json_body.get("error") if isinstance(reply.json_body, dict) else None
+        code = error.get("code") if isinstance(error, dict) else None
+        stats.rejected[str(code) if code is not None else f"http_{reply.status}"] += 1
+
+    def _route(
+        self,
+        method: str,
+        full_path: str,
+        segments: list[str],
+        query: dict[str, str],
+        headers: Mapping[str, str],
+        body: bytes,
+        entry: dict[str, Any],
+    ) -> _Reply:
+        caller, auth = self._auth(headers)
+        entry["auth"] = auth
+        if full_path == _DOWNLOAD_PATH or full_path.rstrip("/") == _DOWNLOAD_PATH.rstrip("/"):
+            return self._download(method, query, caller, entry)
+        if caller is None:
+            return _Reply.error(_token_error())
+        try:
+            if len(segments) == 2 and segments[1] == "messages" and method == "POST":
+                return self._post_messages(caller, segments[0], body, headers, entry)
+            if len(segments) == 2 and segments[1] == "media" and method == "POST":
+                return self._upload(caller, segments[0], body, headers, entry)
+            if len(segments) == 2 and segments[1] == "message_templates" and method == "GET":
+                return self._list_templates(caller, segments[0], query, full_path, entry)
+            if len(segments) == 1 and method in ("GET", "DELETE"):
+                return self._object(method, caller, segments[0], query, entry)
+            return _Reply.error(_unknown_object("/".join(segments) or "/", method))
+        except SimError as exc:
+            return _Reply.error(exc)
+
+    def _owned_number(self, caller: SimNumber, pnid: str, entry: dict[str, Any]) -> SimNumber:
+        entry["phone_number_id"] = pnid
+        with self._lock:
+            number = self._numbers.get(pnid)
+        if number is None:
+            raise _unknown_object(pnid, "post")
+        if number.phone_number_id != caller.phone_number_id and number.token != caller.token:
+            raise _token_error()
+        entry["waba_id"] = number.waba_id
+        return number
+
+    def _apply_fault(
+        self, number: SimNumber, scope: str, entry: dict[str, Any]
+    ) -> tuple[Fault | None, _Reply | None]:
+        fault = self._take_fault(number.phone_number_id, scope)
+        if fault is None:
+            return None, None
+        entry["fault"] = fault.public()
+        if fault.delay:
+            time.sleep(fault.delay)
+        if fault.drop_connection or (fault.async_ and fault.code is not None):
+            return fault, None  # processed normally, misbehaves afterwards
+        if fault.non_json:
+            status = fault.http_status or 502
+            return fault, _Reply(status, b"<html><body>Bad Gateway</body></html>", "text/html")
+        if fault.code is not None:
+            return fault, _Reply.error(
+                SimError(fault.code, http_status=fault.http_status, details=fault.details)
+                if fault.code != 190
+                else _token_error()
+            )
+        if fault.http_status is not None:
+            code = {500: 131000, 503: 131016}.get(fault.http_status, 1)
+            return fault, _Reply.error(SimError(code, http_status=fault.http_status))
+        return fault, None  # delay only
+
+    def _post_messages(
+        self,
+        caller: SimNumber,
+        pnid: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        entry: dict[str, Any],
+    ) -> _Reply:
+        number = self._owned_number(caller, pnid, entry)
+        try:
+            payload = json.loads(body or b"null")
+        except ValueError:
+            raise SimError(100, details="The request body is not valid JSON.") from None
+        entry["json"] = payload
+        if not isinstance(payload, dict):
+            raise SimError(100, details="The request body must be a JSON object.")
+        if payload.get("messaging_product") != "whatsapp":
+            raise SimError(
+                100,
+                message="(#100) The parameter messaging_product is required.",
+                details="",
+            )
+        if payload.get("status") is not None:
+            fault, reply = self._apply_fault(number, "read", entry)
+            if reply is not None:
+                return reply
+            if payload.get("status") != "read" or not payload.get("message_id"):
+                raise SimError(131009, details="status must be 'read' with a message_id.")
+            return _Reply.ok({"success": True}, fault=fault)
+
+        fault, reply = self._apply_fault(number, "messages", entry)
+        if reply is not None:
+            return reply
+        msg_type = payload.get("type", "text")
+        to = payload.get("to")
+        recipient = payload.get("recipient")
+        if not to and not recipient:
+            raise SimError(131008, details="The parameter to is required.")
+        if msg_type not in _SEND_TYPES:
+            raise SimError(131009, details=f"Unsupported message type {msg_type!r}.")
+        if not isinstance(payload.get(msg_type), dict):
+            raise SimError(131008, details=f"The parameter {msg_type} is required.")
+        template = None
+        if msg_type == "template":
+            template = self._check_template(number, payload["template"])
+        customer = str(to or recipient)
+        failure = self._rule_failure(number, customer, template)
+        self._check_rate(number)  # last: only sends about to be accepted count
+
+        wamid = _wamid()
+        contact: dict[str, Any]
+        if to:
+            wa_id = re.sub(r"\D", "", str(to))
+            contact = {"input": str(to), "wa_id": wa_id}
+        else:
+            wa_id = None
+            contact = {"input": str(recipient), "user_id": str(recipient)}
+        message: dict[str, Any] = {"id": wamid}
+        if template is not None:
+            message["message_status"] = "accepted"
+        response = {"messaging_product": "whatsapp", "contacts": [contact], "messages": [message]}
+        with self._lock:
+            self._sent[wamid] = {
+                "wamid": wamid,
+                "phone_number_id": number.phone_number_id,
+                "to": to,
+                "recipient": recipient,
+                "type": msg_type,
+                "payload": payload,
+                "time": _now_iso(),
+            }
+        self._schedule_for_send(number, payload, wamid, wa_id, template, fault, failure)
+        return _Reply.ok(response, fault=fault)
+
+    def _rule_failure(
+        self, number: SimNumber, customer: str, template: Mapping[str, Any] | None
+    ) -> int | None:
+        """The code a send will fail with asynchronously under Meta's rules, if any (a sync
+        131047 is raised here when ``window_sync_error`` is on)."""
+        cfg = self._config
+        pnid = number.phone_number_id
+        if template is None:
+            if cfg.enforce_window and not self._window_open(pnid, customer):
+                if cfg.window_sync_error:
+                    raise SimError(131047)
+                return 131047
+            return None
+        if cfg.enforce_opt_out and str(template.get("category") or "").upper() == "MARKETING":
+            with self._lock:
+                if (pnid, _customer_key(customer)) in self._opted_out:
+                    return 131050
+        return None
+
+    def _check_rate(self, number: SimNumber) -> None:
+        """Admit one send under the number's throughput, or raise 130429 (reference §14.1)."""
+        limit = self._config.rate_limit_per_second
+        if limit <= 0:
+            return
+        now = time.monotonic()
+        with self._lock:
+            times = self._send_times.setdefault(number.phone_number_id, deque())
+            while times and times[0] <= now - 1.0:
+                times.popleft()
+            if len(times) >= limit:
+                raise SimError(130429)
+            times.append(now)
+
+    def _check_template(self, number: SimNumber, tpl: Mapping[str, Any]) -> dict[str, Any]:
+        name = tpl.get("name")
+        language = tpl.get("language")
+        code = language.get("code") if isinstance(language, Mapping) else None
+        if not name or not code:
+            raise SimError(131008, details="template.name and template.language.code are required.")
+        with self._lock:
+            found = next(
+                (
+                    t
+                    for t in self._templates.get(number.waba_id, [])
+                    if t["name"] == name and t["language"] == code
+                ),
+                None,
+            )
+        if found is None or found.get("status") not in ("APPROVED", "LOCKED"):
+            if found is not None and found.get("status") == "PAUSED":
+                raise SimError(132015)
+            if found is not None and found.get("status") == "DISABLED":
+                raise SimError(132016)
+            raise SimError(132001, details=f"template name ({name}) does not exist in {code}")
+        expected = 0
+        for component in found.get("components") or []:
+            if str(component.get("type", "")).upper() == "BODY":
+                expected = len(set(re.findall(r"\{\{\s*(\w+)\s*\}\}", component.get("text", ""))))
+        given = 0
+        for component in tpl.get("components") or []:
+            if isinstance(component, Mapping) and component.get("type") == "body":
+                given = len(component.get("parameters") or [])
+        if expected != given:
+            raise SimError(
+                132000,
+                details=f"body: number of localizable_params ({given}) does not match the "
+                f"expected number of params ({expected})",
+            )
+        return found
+
+    def _schedule_for_send(
+        self,
+        number: SimNumber,
+        payload: Mapping[str, Any],
+        wamid: str,
+        wa_id: str | None,
+        template: Mapping[str, Any] | None,
+        fault: Fault | None,
+        failure: int | None = None,
+    ) -> None:
+        cfg = self._config
+        base: dict[str, Any] = {"id": wamid}
+        if wa_id:
+            base["recipient_id"] = wa_id
+        else:
+            base["recipient_user_id"] = str(payload.get("recipient"))
+        if payload.get("biz_opaque_callback_data") is not None:
+            base["biz_opaque_callback_data"] = payload["biz_opaque_callback_data"]
+        pricing = _pricing(template)
+        now = int(time.time())
+        statuses: list[dict[str, Any]] = []
+        error: dict[str, Any] | None = None
+        if fault is not None and fault.async_ and fault.code is not None:
+            error = async_error(fault.code, fault.details)  # an injected fault wins
+        elif failure is not None:
+            error = async_error(failure)
+        if error is not None:
+            statuses.append({**base, "status": "failed", "timestamp": str(now), "errors": [error]})
+            with self._lock:
+                self._stats_for(number.phone_number_id).failed[str(error["code"])] += 1
+        else:
+            names = list(cfg.statuses)
+            if payload.get("type") == "reaction":
+                names = [n for n in names if n == "sent"]  # reactions only ever get "sent"
+            if "delivered" in names and self._rng.random() < cfg.skip_delivered_rate:
+                names.remove("delivered")
+            audio = payload.get("audio")
+            if "played" in names and not (isinstance(audio, Mapping) and audio.get("voice")):
+                names.remove("played")
+            priced = 0
+            for offset, name in enumerate(names):
+                status = {**base, "status": name, "timestamp": str(now + offset)}
+                # Pricing rides on "sent" and on one of delivered/read, never both.
+                if name == "sent" or (name in ("delivered", "read") and priced < 2):
+                    status["pricing"] = dict(pricing)
+                    priced += 1
+                statuses.append(status)
+        contacts: list[dict[str, Any]] = []
+        if wa_id:
+            contact: dict[str, Any] = {"wa_id": wa_id}
+            name = self._customers.get(wa_id)
+            if name:
+                contact = {"profile": {"name": name}, "wa_id": wa_id}
+            contacts.append(contact)
+        self._schedule_statuses(number, statuses, contacts)
+
+    def _upload(
+        self,
+        caller: SimNumber,
+        pnid: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        entry: dict[str, Any],
+    ) -> _Reply:
+        number = self._owned_number(caller, pnid, entry)
+        fault, reply = self._apply_fault(number, "media", entry)
+        if reply is not None:
+            return reply
+        fields, files = _parse_multipart(headers.get("Content-Type", ""), body)
+        entry["form"] = {
+            **fields,
+            **{
+                name: {"filename": f[0], "content_type": f[1], "size": len(f[2])}
+                for name, f in files.items()
+            },
+        }
+        if fields.get("messaging_product") != "whatsapp":
+            raise SimError(100, message="(#100) The parameter messaging_product is required.")
+        if "file" not in files:
+            raise SimError(100, message="(#100) The parameter file is required.")
+        filename, part_type, data = files["file"]
+        mime = fields.get("type") or part_type
+        mime_base = mime.split(";")[0].strip().lower()
+        limit = _MEDIA_LIMITS.get(mime_base)
+        if limit is None:
+            raise SimError(131053, details=f"Param file must be a supported type, got {mime}.")
+        if len(data) > limit:
+            raise SimError(131053, details=f"File is {len(data)} bytes; {mime} allows {limit}.")
+        media_id = self.put_media(number.phone_number_id, data, mime, filename)
+        return _Reply.ok({"id": media_id}, fault=fault)
+
+    def _object(
+        self,
+        method: str,
+        caller: SimNumber,
+        object_id: str,
+        query: Mapping[str, str],
+        entry: dict[str, Any],
+    ) -> _Reply:
+        with self._lock:
+            media = self._media.get(object_id)
+            number = self._numbers.get(object_id)
+        if media is not None and not media.deleted:
+            owner = self._numbers.get(media.phone_number_id)
+            entry["phone_number_id"] = media.phone_number_id
+            if owner is None or owner.token != caller.token:
+                raise _token_error()
+            if query.get("phone_number_id") not in (None, media.phone_number_id):
+                raise _unknown_object(object_id, method)
+            if method == "DELETE":
+                media.deleted = True
+                return _Reply.ok({"success": True})
+            return _Reply.ok(
+                {
+                    "messaging_product": "whatsapp",
+                    "url": self.media_download_url(media.media_id),
+                    "mime_type": media.mime_type,
+                    "sha256": media.sha256_hex,
+                    "file_size": len(media.data),
+                    "id": media.media_id,
+                }
+            )
+        if number is not None and method == "GET":
+            entry["phone_number_id"] = number.phone_number_id
+            if number.token != caller.token:
+                raise _token_error()
+            return _Reply.ok(
+                {
+                    "verified_name": number.verified_name,
+                    "display_phone_number": number.display_phone_number,
+                    "quality_rating": "GREEN",
+                    "throughput": {"level": "STANDARD"},
+                    "id": number.phone_number_id,
+                }
+            )
+        raise _unknown_object(object_id, method)
+
+    def _list_templates(
+        self,
+        caller: SimNumber,
+        waba_id: str,
+        query: Mapping[str, str],
+        full_path: str,
+        entry: dict[str, Any],
+    ) -> _Reply:
+        entry["waba_id"] = waba_id
+        with self._lock:
+            owners = [n for n in self._numbers.values() if n.waba_id == waba_id]
+        if not owners:
+            raise _unknown_object(waba_id, "get")
+        if caller.token not in {n.token for n in owners}:
+            raise _token_error()
+        entry["phone_number_id"] = caller.phone_number_id
+        fault, reply = self._apply_fault(caller, "templates", entry)
+        if reply is not None:
+            return reply
+        items = self.templates(waba_id)
+        for key in ("status", "category", "language", "name"):
+            if query.get(key):
+                items = [t for t in items if str(t.get(key)) == query[key]]
+        try:
+            limit = max(1, min(int(query.get("limit", 25)), 1000))
+            start = (
+                int(base64.urlsafe_b64decode(query["after"]).decode()) if "after" in query else 0
+            )
+        except (ValueError, UnicodeDecodeError):
+            raise SimError(100, details="Invalid limit or cursor.") from None
+        if query.get("fields"):
+            wanted = {f.strip() for f in query["fields"].split(",")} | {"id"}
+            items = [{k: v for k, v in t.items() if k in wanted} for t in items]
+        page = items[start : start + limit]
+        data: dict[str, Any] = {"data": page}
+        if page:
+            cursors = {
+                "before": _cursor(start),
+                "after": _cursor(start + len(page)),
+            }
+            data["paging"] = {"cursors": cursors}
+            if start + len(page) < len(items):
+                next_query = {k: v for k, v in query.items() if k != "before"}
+                next_query["after"] = cursors["after"]
+                data["paging"]["next"] = f"{self.url}{full_path}?{urlencode(next_query)}"
+        return _Reply.ok(data, fault=fault)
+
+    def _download(
+        self,
+        method: str,
+        query: Mapping[str, str],
+        caller: SimNumber | None,
+        entry: dict[str, Any],
+    ) -> _Reply:
+        media_id = query.get("mid", "")
+        with self._lock:
+            media = self._media.get(media_id)
+        entry["phone_number_id"] = media.phone_number_id if media else None
+        if caller is None:
+            return _Reply.error(_token_error())
+        try:
+            expires = int(query.get("ext", "0"))
+        except ValueError:
+            expires = 0
+        valid = (
+            method == "GET"
+            and media is not None
+            and not media.deleted
+            and expires >= time.time()
+            and hmac.compare_digest(self._url_hash(media_id, expires), query.get("hash", ""))
+        )
+        if not valid or media is None:
+            return _Reply(404, b"", "text/plain")
+        owner = self._numbers.get(media.phone_number_id)
+        if owner is None or owner.token != caller.token:
+            return _Reply.error(_token_error())
+        return _Reply(200, media.data, media.mime_type)
+
+    # ------------------------------------------------------------------ control API
+
+    def handle_control(self, method: str, raw_path: str, body: bytes) -> _Reply:
+        """Answer a ``/_sim/...`` control request."""
+        parts = urlsplit(raw_path)
+        route = parts.path.rstrip("/")
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        try:
+            data = json.loads(body) if body.strip() else {}
+        except ValueError:
+            return _Reply.ok({"error": "body is not valid JSON"}, status=400)
+        if not isinstance(data, dict):
+            return _Reply.ok({"error": "body must be a JSON object"}, status=400)
+        handler = _CONTROL_ROUTES.get((method, route))
+        if handler is None:
+            return _Reply.ok({"error": f"no control route {method} {route}"}, status=404)
+        try:
+            return _Reply.ok(handler(self, data, query))
+        except (ValueError, KeyError, TypeError) as exc:
+            return _Reply.ok({"error": str(exc)}, status=400)
+
+
+# ---------------------------------------------------------------------- control routes
+
+
+def _ctl_index(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+    return {
+        "graph_url": sim.graph_url(),
+        "routes": sorted(f"{m} {p}" for m, p in _CONTROL_ROUTES),
+    }
+
+
+def _ctl_add_number(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+    required = ("phone_number_id", "waba_id", "token", "app_secret", "display_phone_number")
+    missing = [k for k in required if not data.get(k)]
+    if missing:
+        raise ValueError(f"missing: {', '.join(missing)}")
+    number = SimNumber(
+        **{k: str(data[k]) for k in required},
+        verified_name=str(data.get("verified_name") or "Klaros Demo"),
+        webhook_url=data.get("webhook_url") or None,
+    )
+    return sim.add_number(number).public()
+
+
+def _ctl_numbers(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+    return {"data": [n.public() for n in sim.numbers()]}
+
+
+def _ctl_config(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+    return sim.configure(**data)
+
+
+def _ctl_get_config(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+    return sim.config()
+
+
+def _ctl_inbound(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+    return sim.inbound(data)
+
+
+def _ctl_add_fault(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+    allowed = {
+        "phone_number_id",
+        "count",
+        "code",
+        "http_status",
+        "async",
+        "delay",
+        "drop_connection",
+        "non_json",
+        "details",
+        "scope",
+    }
+    unknown = set(data) - allowed
+    if unknown:
+        raise ValueError(f"unknown fault field(s): {', '.join(sorted(unknown))}")
+    fault = Fault(
+        phone_number_id=str(data["phone_number_id"]) if data.get("phone_number_id") else None,
+        count=int(data.get("count", 1)),
+        code=int(data["code"]) if data.get("code") is not None else None,
+        http_status=int(data["http_status"]) if data.get("http_status") is not None else None,
+        async_=bool(data.get("async", False)),
+        delay=float(data.get("delay", 0.0)),
+        drop_connection=bool(data.get("drop_connection", False)),
+        non_json=bool(data.get("non_json", False)),
+        details=data.get("details"),
+        scope=str(data.get("scope", "messages")),
+    )
+    return sim.add_fault(fault).public()
+
+
+def _ctl_faults(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+    return {"data": [f.public() for f in sim.faults()]}
+
+
+def _ctl_clear_faults(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+    sim.clear_faults()
+    return {"success": True}
+
+
+def _ctl_requests(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+    return {
+        "data": sim.requests(
+            query.get("phone_number_id"),
+            biz_opaque_callback_data=query.get("biz_opaque_callback_data"),
+        )
+    }
+
+
+def _ctl_clear_requests(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+    sim.clear_requests()
+    return {"success": True}
+
+
+def _ctl_webhooks(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+    return {"data": sim.webhooks(query.get("kind"))}
+
+
+def _ctl_clear_webhooks(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+    sim.clear_webhooks()
+    return {"success": True}
+
+
+def _ctl_set_templates(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+    if not data.get("waba_id") or not isinstance(data.get("templates"), list):
+        raise ValueError("expected {waba_id, templates: [...]}")
+    replace = data.get("replace", True) is not False
+    return {"data": sim.set_templates(str(data["waba_id"]), data["templates"], replace=replace)}
+
+
+def _ctl_templates(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+    return {"data": sim.templates(query["waba_id"])}
+
+
+def _ctl_template_status(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+    return sim.send_template_status(
+        str(data["waba_id"]),
+        str(data["name"]),
+        str(data["event"]),
+        language=str(data.get("language", "en_US")),
+        reason=data.get("reason", "NONE"),
+    )
+
+
+def _ctl_user_preferences(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+    return sim.send_user_preference(
+        data.get("phone_number_id"),
+        str(data["wa_id"]),
+        str(data.get("value", "stop")),
+        category=str(data.get("category", "marketing_messages")),
+        user_id=data.get("user_id"),
+        name=data.get("name"),
+    )
+
+
+def _ctl_raw_webhook(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+    if not isinstance(data.get("payload"), dict):
+        raise ValueError("expected {phone_number_id, payload: {...}}")
+    return sim.post_raw_webhook(data.get("phone_number_id"), data["payload"])
+
+
+def _ctl_media(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+    number = sim._number(data.get("phone_number_id"))
+    raw = base64.b64decode(data["base64"]) if "base64" in data else str(data["text"]).encode()
+    media_id = sim.put_media(
+        number.phone_number_id, raw, str(data.get("mime_type", "image/jpeg")), data.get("filename")
+    )
+    return {
+        "id": media_id,
+        "sha256": hashlib.sha256(raw).hexdigest(),
+        "url": sim.media_download_url(media_id),
+    }
+
+
+def _ctl_sent(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+    return {"data": sim.sent_messages(query.get("biz_opaque_callback_data"))}
+
+
+def _ctl_window(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+    if not data.get("customer") or "last_inbound_at" not in data:
+        raise ValueError("expected {phone_number_id, customer, last_inbound_at: seconds or null}")
+    when = data["last_inbound_at"]
+    if when is not None and (isinstance(when, bool) or not isinstance(when, int | float)):
+        raise ValueError("last_inbound_at: unix seconds or null")
+    return sim.set_window(data.get("phone_number_id"), str(data["customer"]), when)
+
+
+def _ctl_get_window(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+    return sim.window(query.get("phone_number_id"), query["customer"])
+
+
+def _ctl_opt_out(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+    if not data.get("customer"):
+        raise ValueError("expected {phone_number_id, customer, value: stop|resume}")
+    return sim.set_opt_out(
+        data.get("phone_number_id"), str(data["customer"]), str(data.get("value", "stop"))
+    )
+
+
+def _ctl_stats(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+    wanted = query.get("callback_data", "").lower() in ("1", "true", "yes")
+    stats = sim.stats(with_callback_data=wanted)
+    if query.get("phone_number_id"):
+        pnid = query["phone_number_id"]
+        stats = {pnid: stats[pnid]} if pnid in stats else {}
+    return {"data": stats}
+
+
+def _ctl_clear_stats(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+    sim.clear_stats()
+    return {"success": True}
+
+
+def _ctl_wait_idle(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+    return {"idle": sim.wait_idle(float(data.get("timeout", 5.0)))}
+
+
+def _ctl_verify(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+    return sim.verify_webhook(str(data["verify_token"]), data.get("url"))
+
+
+_Control = Callable[[MetaSimulator, dict[str, Any], dict[str, str]], Any]
+_CONTROL_ROUTES: dict[tuple[str, str], _Control] = {
+    ("GET", "/_sim"): _ctl_index,
+    ("GET", "/_sim/numbers"): _ctl_numbers,
+    ("POST", "/_sim/numbers"): _ctl_add_number,
+    ("GET", "/_sim/config"): _ctl_get_config,
+    ("POST", "/_sim/config"): _ctl_config,
+    ("POST", "/_sim/inbound"): _ctl_inbound,
+    ("GET", "/_sim/faults"): _ctl_faults,
+    ("POST", "/_sim/faults"): _ctl_add_fault,
+    ("DELETE", "/_sim/faults"): _ctl_clear_faults,
+    ("GET", "/_sim/requests"): _ctl_requests,
+    ("DELETE", "/_sim/requests"): _ctl_clear_requests,
+    ("GET", "/_sim/webhooks"): _ctl_webhooks,
+    ("DELETE", "/_sim/webhooks"): _ctl_clear_webhooks,
+    ("GET", "/_sim/templates"): _ctl_templates,
+    ("POST", "/_sim/templates"): _ctl_set_templates,
+    ("POST", "/_sim/template_status"): _ctl_template_status,
+    ("POST", "/_sim/user_preferences"): _ctl_user_preferences,
+    ("POST", "/_sim/raw_webhook"): _ctl_raw_webhook,
+    ("POST", "/_sim/media"): _ctl_media,
+    ("GET", "/_sim/sent"): _ctl_sent,
+    ("GET", "/_sim/window"): _ctl_get_window,
+    ("POST", "/_sim/window"): _ctl_window,
+    ("POST", "/_sim/opt_out"): _ctl_opt_out,
+    ("GET", "/_sim/stats"): _ctl_stats,
+    ("DELETE", "/_sim/stats"): _ctl_clear_stats,
+    ("POST", "/_sim/wait_idle"): _ctl_wait_idle,
+    ("POST", "/_sim/verify_webhook"): _ctl_verify,
+}
+
+
+# ---------------------------------------------------------------------- HTTP plumbing
+
+
+@dataclass
+class _Reply:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    json_body: Any = None
+    fault: Fault | None = None
+
+    @classmethod
+    def ok(cls, data: Any, *, status: int = 200, fault: Fault | None = None) -> _Reply:
+        body = json.dumps(data, separators=(",", ":")).encode()
+        return cls(status, body, "application/json", data, fault)
+
+    @classmethod
+    def error(cls, exc: SimError) -> _Reply:
+        data = exc.body()
+        return cls(exc.http_status, json.dumps(data).encode(), "application/json", data)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    server_version = "MetaSimulator/1.0"
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("%s %s", self.address_string(), format % args)
+
+    def _handle(self, method: str) -> None:
+        sim = self.server.sim
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY_BYTES:
+            self._write(_Reply.ok({"error": "body too large"}, status=413))
+            self.close_connection = True
+            return
+        body = self.rfile.read(length) if length else b""
+        if self.path.startswith("/_sim"):
+            reply = sim.handle_control(method, self.path, body)
+        else:
+            headers = {k: v for k, v in self.headers.items()}
+            reply = sim.handle_graph(method, self.path, headers, body)
+        if reply.fault is not None and reply.fault.drop_connection:
+            # Processed, but the caller never learns the outcome.
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self._write(reply)
+
+    def _write(self, reply: _Reply) -> None:
+        self.send_response(reply.status)
+        self.send_header("Content-Type", reply.content_type)
+        self.send_header("Content-Length", str(len(reply.body)))
+        if reply.content_type == "application/json":
+            self.send_header("X-FB-Trace-ID", _fbtrace_id())
+        self.end_headers()
+        try:
+            self.wfile.write(reply.body)
+        except (BrokenPipeError, ConnectionResetError):
+            # The caller gave up (a timeout test); what it missed is in the request log.
+            self.close_connection = True
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _parse_multipart(
+    content_type: str, body: bytes
+) -> tuple[dict[str, str], dict[str, tuple[str | None, str, bytes]]]:
+    if "multipart/form-data" not in content_type:
+        raise SimError(100, details="Expected a multipart/form-data body.")
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
+    message = BytesParser(policy=HTTP).parsebytes(head + body)
+    assert isinstance(message, EmailMessage)
+    fields: dict[str, str] = {}
+    files: dict[str, tuple[str | None, str, bytes]] = {}
+    if not message.is_multipart():
+        raise SimError(100, details="Malformed multipart body.")
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not name:
+            continue
+        payload = part.get_payload(decode=True) or b""
+        filename = part.get_filename()
+        if filename is not None:
+            files[str(name)] = (filename, part.get_content_type(), payload)
+        else:
+            fields[str(name)] = payload.decode("utf-8", "replace")
+    return fields, files
+
+
+def _customer_key(customer: str) -> str:
+    """A phone number as its digits (``+1 555-123`` == ``1555123``); a user id as given."""
+    text = str(customer).strip()
+    if re.fullmatch(r"[\d\s+\-().]+", text):
+        return re.sub(r"\D", "", text)
+    return text
+
+
+def _callback_data(payload: Any) -> str | None:
+    if isinstance(payload, Mapping) and payload.get("biz_opaque_callback_data") is not None:
+        return str(payload["biz_opaque_callback_data"])
+    return None
+
+
+def _metadata(number: SimNumber) -> dict[str, str]:
+    return {
+        "display_phone_number": number.display_phone_number,
+        "phone_number_id": number.phone_number_id,
+    }
+
+
+def _envelope(
+    waba_id: str, changes: list[tuple[str, dict[str, Any]]], *, time_: int | None = None
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {"id": waba_id}
+    if time_ is not None:
+        entry["time"] = time_
+    entry["changes"] = [{"value": value, "field": name} for name, value in changes]
+    return {"object": "whatsapp_business_account", "entry": [entry]}
+
+
+def _status_payload(batch: list[_Delivery]) -> dict[str, Any]:
+    """One body for several status deliveries: an entry per WABA, a change per number."""
+    by_waba: dict[str, dict[str, dict[str, Any]]] = {}
+    for delivery in batch:
+        number = delivery.number
+        changes = by_waba.setdefault(number.waba_id, {})
+        value = changes.get(number.phone_number_id)
+        if value is None:
+            value = {"messaging_product": "whatsapp", "metadata": _metadata(number)}
+            changes[number.phone_number_id] = value
+        if delivery.contacts:
+            known = value.setdefault("contacts", [])
+            for contact in delivery.contacts:
+                if contact not in known:
+                    known.append(contact)
+        value.setdefault("statuses", []).extend(delivery.statuses)
+    entries = []
+    for waba_id, changes in by_waba.items():
+        entries.append(
+            {
+                "id": waba_id,
+                "changes": [{"value": v, "field": "messages"} for v in changes.values()],
+            }
+        )
+    return {"object": "whatsapp_business_account", "entry": entries}
+
+
+def _status_pairs(parsed: Any) -> list[list[str]]:
+    pairs: list[list[str]] = []
+    if not isinstance(parsed, dict):
+        return pairs
+    for entry in parsed.get("entry") or []:
+        for change in entry.get("changes") or []:
+            for status in (change.get("value") or {}).get("statuses") or []:
+                pairs.append([status.get("id"), status.get("status")])
+    return pairs
+
+
+def _pricing(template: Mapping[str, Any] | None) -> dict[str, Any]:
+    if template is None:
+        return {
+            "billable": False,
+            "pricing_model": "PMP",
+            "category": "service",
+            "type": "free_customer_service",
+        }
+    category = str(template.get("category") or "UTILITY").lower()
+    return {"billable": True, "pricing_model": "PMP", "category": category, "type": "regular"}
+
+
+def _wamid() -> str:
+    raw = b"\x15\x02\x00\x11\x18\x12" + secrets.token_hex(10).upper().encode()
+    return "wamid.HBgL" + base64.b64encode(raw).decode("ascii")
+
+
+def _digits(n: int) -> str:
+    return str(secrets.randbelow(9) + 1) + "".join(str(secrets.randbelow(10)) for _ in range(n - 1))
+
+
+def _fbtrace_id() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(12)).decode("ascii").rstrip("=")
+
+
+def _cursor(index: int) -> str:
+    return base64.urlsafe_b64encode(str(index).encode()).decode("ascii")
+
+
+def _now_iso() -> str:
+    return datetime.now(tz=UTC).isoformat()
+
+
+_REFERRAL: dict[str, Any] = {
+    "source_url": "https://fb.me/3cr4Wqqkv",
+    "source_id": "120226305854810726",
+    "source_type": "ad",
+    "body": "Summer succulents are here!",
+    "headline": "Chat with us",
+    "media_type": "image",
+    "image_url": "https://scontent.xx.fbcdn.net/v/t45.1/ad.jpg",
+    "ctwa_clid": "Aff-n8ZTsimulated",
+    "welcome_message": {"text": "Hi there! Let us know how we can help!"},
+}
+
+# A 1x1 transparent PNG; other defaults are recognisable byte strings with the right magic.
+_PNG_1PX = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII="
+)
+_DEFAULT_MEDIA: dict[str, tuple[str, bytes, str]] = {
+    "image": ("image/png", _PNG_1PX, "image.png"),
+    "video": ("video/mp4", b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 16, "video.mp4"),
+    "audio": ("audio/ogg", b"OggS\x00\x02" + b"\x00" * 22, "audio.ogg"),
+    "document": ("application/pdf", b"%PDF-1.4\n%simulated\n%%EOF\n", "document.pdf"),
+    "sticker": ("image/webp", b"RIFF\x1a\x00\x00\x00WEBPVP8 " + b"\x00" * 14, "sticker.webp"),
+}
+
+_DEFAULT_CONTENT: dict[str, Any] = {
+    "location": {
+        "latitude": 37.4611978,
+        "longitude": -122.2164385,
+        "name": "Meta HQ",
+        "address": "1 Hacker Way, Menlo Park, CA 94025",
+    },
+    "contacts": [
+        {
+            "name": {
+                "formatted_name": "Barbara J. Johnson",
+                "first_name": "Barbara",
+                "last_name": "Johnson",
+            },
+            "org": {"company": "Social Tsunami"},
+            "phones": [{"phone": "+1 (415) 555-0829", "wa_id": "14155550829", "type": "MOBILE"}],
+            "emails": [{"email": "bj@example.com", "type": "WORK"}],
+        }
+    ],
+    "order": {
+        "catalog_id": "194836987003835",
+        "text": "Love these!",
+        "product_items": [
+            {
+                "product_retailer_id": "di9ozbzfi4",
+                "quantity": 2,
+                "item_price": 30,
+                "currency": "USD",
+            },
+            {
+                "product_retailer_id": "nqryix03ez",
+                "quantity": 1,
+                "item_price": 7.99,
+                "currency": "USD",
+            },
+        ],
+    },
+}
