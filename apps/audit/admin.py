@@ -7,7 +7,16 @@ from .models import AuditEvent
 class AuditEventAdmin(admin.ModelAdmin):
     """Read-only review of the audit trail."""
 
-    list_display = ["created_at", "action", "tenant", "actor_type", "actor_id", "object_type", "object_id", "seq"]
+    list_display = [
+        "created_at",
+        "action",
+        "tenant",
+        "actor_type",
+        "actor_id",
+        "object_type",
+        "object_id",
+        "seq",
+    ]
     list_filter = ["action", "actor_type", "tenant"]
     search_fields = ["action", "object_id", "actor_id"]
     date_hierarchy = "created_at"

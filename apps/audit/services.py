@@ -16,7 +16,9 @@ from apps.tenants.scoping import get_scope
 from .models import DEPLOYMENT_CHAIN, AuditChainHead, AuditEvent
 
 # Keys whose values are secrets wherever they appear in audit data.
-SECRET_KEY_PATTERN = re.compile(r"token|secret|password|passwd|api[_-]?key|authorization|signature", re.I)
+SECRET_KEY_PATTERN = re.compile(
+    r"token|secret|password|passwd|api[_-]?key|authorization|signature", re.I
+)
 MASK = "[masked]"
 
 Actor = Any  # a User, None (the system), or a short string such as "meta" or "command:<name>"

@@ -26,6 +26,18 @@ class AuditedAdminMixin:
         super().delete_model(request, obj)
 
 
+class SecretsRequiredOnAddMixin:
+    """Secret form fields are optional so that blank keeps the stored value on a change; a new
+    row has no stored value, so there they are required (else it would be saved without one)."""
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        if obj is None:
+            for name in SECRET_FIELDS & set(form.base_fields):
+                form.base_fields[name].required = True
+        return form
+
+
 class MembershipInline(admin.TabularInline):
     model = Membership
     extra = 0
@@ -40,14 +52,20 @@ class TenantAdmin(AuditedAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(MetaApp)
-class MetaAppAdmin(AuditedAdminMixin, admin.ModelAdmin):
+class MetaAppAdmin(SecretsRequiredOnAddMixin, AuditedAdminMixin, admin.ModelAdmin):
     list_display = ["app_id", "name", "updated_at"]
     fields = ["app_id", "name", "app_secret", "verify_token"]
 
 
 @admin.register(WhatsAppNumber)
-class WhatsAppNumberAdmin(AuditedAdminMixin, admin.ModelAdmin):
-    list_display = ["display_phone_number", "tenant", "phone_number_id", "waba_id", "credential_status"]
+class WhatsAppNumberAdmin(SecretsRequiredOnAddMixin, AuditedAdminMixin, admin.ModelAdmin):
+    list_display = [
+        "display_phone_number",
+        "tenant",
+        "phone_number_id",
+        "waba_id",
+        "credential_status",
+    ]
     list_filter = ["credential_status", "tenant"]
     search_fields = ["display_phone_number", "phone_number_id", "waba_id"]
     fields = [

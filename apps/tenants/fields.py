@@ -33,6 +33,10 @@ class EncryptedSecretDescriptor:
             return self
         value = instance.__dict__.get(self.field.attname)
         if isinstance(value, Sealed):
+            if not value:
+                # Empty bytes are this field's own spelling of "no secret" (see pre_save and the
+                # BinaryField default of a new row): nothing to decrypt, so nothing can fail.
+                return Secret("")
             plaintext = decrypt(
                 value, label=instance._meta.label, field=self.field.name, pk=instance.pk
             )
@@ -59,7 +63,7 @@ class EncryptedSecretDescriptor:
 
 
 class _Opened:
-    __slots__ = ("secret", "sealed")
+    __slots__ = ("sealed", "secret")
 
     def __init__(self, secret: Secret, sealed: Sealed) -> None:
         self.secret = secret
@@ -148,7 +152,7 @@ class EncryptedSecretField(models.BinaryField):
             return raw.sealed
         if isinstance(raw, Secret):
             if not raw:
-                return None if self.null else b""
+                return None if self.null else Sealed(b"")
             sealed = Sealed(
                 encrypt(
                     raw.reveal(),

@@ -74,7 +74,9 @@ class MetaApp(models.Model):
     signatures before it knows any tenant, so apps are operator configuration, not tenant data."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    app_id = models.CharField("Meta app id", max_length=32, unique=True, validators=[digits_validator])
+    app_id = models.CharField(
+        "Meta app id", max_length=32, unique=True, validators=[digits_validator]
+    )
     name = models.CharField(max_length=200, blank=True)
     app_secret = EncryptedSecretField("app secret")
     verify_token = EncryptedSecretField("webhook verify token")

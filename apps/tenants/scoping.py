@@ -151,9 +151,7 @@ class TenantOwnedModel(models.Model):
     foreign object cannot write it while acting for another tenant.
     """
 
-    tenant = models.ForeignKey(
-        "tenants.Tenant", on_delete=models.CASCADE, related_name="+"
-    )
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, related_name="+")
 
     objects = TenantScopedManager()
 

@@ -162,9 +162,7 @@ def connect_number(
             with transaction.atomic():
                 number.save()
         except IntegrityError:
-            raise TenantError(
-                f"phone number id {phone_number_id} is already connected"
-            ) from None
+            raise TenantError(f"phone number id {phone_number_id} is already connected") from None
         record(
             "number.connected",
             number,

@@ -26,8 +26,9 @@ class Command(BaseCommand):
         parser.add_argument("--display-phone-number", required=True)
         parser.add_argument("--app-id", required=True)
 
-    def handle(self, *args, tenant_slug, phone_number_id, waba_id, display_phone_number, app_id,
-               **options):
+    def handle(
+        self, *args, tenant_slug, phone_number_id, waba_id, display_phone_number, app_id, **options
+    ):
         missing = [name for name in SECRET_VARIABLES if not os.environ.get(name)]
         if missing:
             raise CommandError("set " + ", ".join(missing) + " in the environment")
