@@ -12,10 +12,13 @@ from django.core.exceptions import ImproperlyConfigured
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-# A local `.env` is a convenience for development; real deployments set the environment.
-env_file = BASE_DIR / ".env"
-if env_file.is_file():
-    environ.Env.read_env(env_file)
+# A local env file is a convenience for development; real deployments set the environment.
+# Variables already set in the environment win over the file. KLAROS_ENV_FILE names another
+# file; set it to an empty string to read none (the tests do, so a developer's `.env` cannot
+# change what they check).
+_env_file = env.str("KLAROS_ENV_FILE", default=str(BASE_DIR / ".env"))
+if _env_file and Path(_env_file).is_file():
+    environ.Env.read_env(_env_file)
 
 
 def env_secret(name: str, default: str = "") -> str:
@@ -65,7 +68,7 @@ KLAROS_DEV_KEY_FILE = Path(
 
 KLAROS_PUBLIC_URL = env.str("KLAROS_PUBLIC_URL", default="http://localhost:8000").rstrip("/")
 # Meta's Graph API, version pinned. Plain http is refused unless the host is loopback.
-WHATSAPP_GRAPH_URL = env.str("WHATSAPP_GRAPH_URL", default="https://graph.facebook.com/v23.0")
+WHATSAPP_GRAPH_URL = env.str("WHATSAPP_GRAPH_URL", default="https://graph.facebook.com/v25.0")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -124,9 +127,7 @@ TEMPLATES = [
 
 # --- Database -------------------------------------------------------------------------------
 DATABASES = {
-    "default": env.db(
-        "DATABASE_URL", default=f"sqlite:///{KLAROS_VAR_DIR / 'klaros.sqlite3'}"
-    )
+    "default": env.db("DATABASE_URL", default=f"sqlite:///{KLAROS_VAR_DIR / 'klaros.sqlite3'}")
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets readers proceed while the worker writes; IMMEDIATE transactions take the write
@@ -164,22 +165,28 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "inbox"
 LOGOUT_REDIRECT_URL = "login"
 
-# Login throttling. Failures are counted per account and, separately, per client address, so
-# rotating X-Forwarded-For does not reset the account's counter.
+# Login throttling (django-axes). A failure counts against the account (the normalised email,
+# so case variants share one budget) and, separately, against the client address: either one
+# reaching AXES_FAILURE_LIMIT locks. Rotating X-Forwarded-For therefore never resets the
+# account's counter. The lockout page is the styled `registration/locked_out.html` (HTTP 429).
 AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
-AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_HOURS", default=0.25)
+AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_HOURS", default=0.25)  # hours
 AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
 AXES_RESET_ON_SUCCESS = True
 AXES_USERNAME_FORM_FIELD = "username"
+AXES_USERNAME_CALLABLE = "apps.accounts.throttling.normalised_login_email"
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
-# Behind a reverse proxy, the client address is the right-most untrusted X-Forwarded-For entry.
-# KLAROS_TRUSTED_PROXY_COUNT is how many proxies sit in front of Klaros (0: none, use REMOTE_ADDR).
+# The client address behind a reverse proxy. KLAROS_TRUSTED_PROXY_COUNT is how many proxies sit
+# in front of Klaros, each appending the address it saw to X-Forwarded-For (nginx:
+# `proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;`). 0 (the default): no proxy,
+# the header is ignored and REMOTE_ADDR is the client. N: the N-th X-Forwarded-For entry from
+# the right is the client; entries left of it are client-written and ignored. Setting it higher
+# than the real number of proxies lets clients choose their address, so count exactly.
+# We resolve the address ourselves instead of through django-ipware's AXES_IPWARE_* settings:
+# ipware's proxy count means "proxy addresses inside the header", which yields no address at all
+# for the usual one-proxy header (see apps/accounts/throttling.py).
 KLAROS_TRUSTED_PROXY_COUNT = env.int("KLAROS_TRUSTED_PROXY_COUNT", default=0)
-if KLAROS_TRUSTED_PROXY_COUNT:
-    AXES_IPWARE_PROXY_COUNT = KLAROS_TRUSTED_PROXY_COUNT
-    AXES_IPWARE_META_PRECEDENCE_ORDER = ["HTTP_X_FORWARDED_FOR", "REMOTE_ADDR"]
-else:
-    AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]
+AXES_CLIENT_IP_CALLABLE = "apps.accounts.throttling.client_ip_behind_proxies"
 
 # --- HTTPS and browser hardening ------------------------------------------------------------
 # Behind a TLS-terminating proxy, set SECURE_PROXY_SSL_HEADER=HTTP_X_FORWARDED_PROTO (and make the
@@ -227,7 +234,9 @@ KLAROS_WEBHOOK_MAX_BYTES = env.int("KLAROS_WEBHOOK_MAX_BYTES", default=4 * 1024 
 
 # --- Static files and media -----------------------------------------------------------------
 STATIC_URL = "/static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# Where `collectstatic` gathers files for WhiteNoise to serve (production needs it run once per
+# release: the manifest maps every `{% static %}` name to its hashed file).
+STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(BASE_DIR / "staticfiles")))
 STATICFILES_DIRS = [BASE_DIR / "static"]
 
 KLAROS_MEDIA_STORAGE = env.str("KLAROS_MEDIA_STORAGE", default="filesystem")
@@ -315,3 +324,10 @@ LOGGING = {
         "axes": {"level": "WARNING"},
     },
 }
+
+# --- Sending ----------------------------------------------------------------------------------
+# Messages per second per business number (Meta's default throughput is 80/s per number).
+KLAROS_SEND_RATE_PER_NUMBER = env.float("KLAROS_SEND_RATE_PER_NUMBER", default=80.0)
+# Development only: the local Meta simulator's base URL, which enables the inbox's
+# "simulate a customer" form. Empty in production.
+KLAROS_SIMULATOR_URL = env.str("KLAROS_SIMULATOR_URL", default="").rstrip("/") if DEBUG else ""
