@@ -240,6 +240,8 @@ STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(BASE_DIR / "staticfiles"))
 STATICFILES_DIRS = [BASE_DIR / "static"]
 
 KLAROS_MEDIA_STORAGE = env.str("KLAROS_MEDIA_STORAGE", default="filesystem")
+# Lifetime in seconds of the signed links media is served through (both backends).
+KLAROS_MEDIA_URL_TTL = env.int("KLAROS_MEDIA_URL_TTL", default=300)
 # Private folder of the filesystem backend. No URL maps to it: media leaves only through signed,
 # expiring links handed out by a view that checks the member's tenant.
 KLAROS_MEDIA_ROOT = Path(env.str("KLAROS_MEDIA_ROOT", default=str(KLAROS_VAR_DIR / "media")))
@@ -262,7 +264,7 @@ elif KLAROS_MEDIA_STORAGE == "s3":
             "region_name": env.str("AWS_S3_REGION_NAME", default="") or None,
             "default_acl": "private",
             "querystring_auth": True,
-            "querystring_expire": env.int("KLAROS_MEDIA_URL_TTL", default=300),
+            "querystring_expire": KLAROS_MEDIA_URL_TTL,
             "file_overwrite": False,
             "signature_version": "s3v4",
         },
@@ -325,9 +327,23 @@ LOGGING = {
     },
 }
 
+# Lifetime of the one-use link Meta fetches an outbound attachment from ("link" send mode).
+KLAROS_MEDIA_META_LINK_TTL = env.int("KLAROS_MEDIA_META_LINK_TTL", default=300)
+# How outbound attachments reach Meta: "upload" (POST /{phone_number_id}/media, then send by id)
+# or "link" (Meta fetches a short-lived, one-use signed link from KLAROS_PUBLIC_URL).
+KLAROS_MEDIA_SEND_MODE = env.str("KLAROS_MEDIA_SEND_MODE", default="upload")
+if KLAROS_MEDIA_SEND_MODE not in ("upload", "link"):
+    raise ImproperlyConfigured("KLAROS_MEDIA_SEND_MODE must be 'upload' or 'link'")
+
 # --- Sending ----------------------------------------------------------------------------------
 # Messages per second per business number (Meta's default throughput is 80/s per number).
 KLAROS_SEND_RATE_PER_NUMBER = env.float("KLAROS_SEND_RATE_PER_NUMBER", default=80.0)
 # Development only: the local Meta simulator's base URL, which enables the inbox's
 # "simulate a customer" form. Empty in production.
 KLAROS_SIMULATOR_URL = env.str("KLAROS_SIMULATOR_URL", default="").rstrip("/") if DEBUG else ""
+# How long a claimed outbound message belongs to one worker, and how long a send whose outcome is
+# unknown waits for Meta's status webhook (carrying our message id) before it is sent again.
+KLAROS_OUTBOX_LEASE_SECONDS = env.int("KLAROS_OUTBOX_LEASE_SECONDS", default=30)
+KLAROS_OUTBOX_RECONCILE_GRACE_SECONDS = env.int(
+    "KLAROS_OUTBOX_RECONCILE_GRACE_SECONDS", default=60
+)

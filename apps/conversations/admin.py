@@ -5,7 +5,15 @@ from django.contrib import admin, messages
 from apps.audit.services import record
 
 from .journal import replay_quarantined
-from .models import Contact, Conversation, Message, MetaErrorReport, StatusEvent, WebhookEvent
+from .models import (
+    Contact,
+    Conversation,
+    Message,
+    MetaErrorReport,
+    StatusEvent,
+    Template,
+    WebhookEvent,
+)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -86,3 +94,10 @@ class StatusEventAdmin(ReadOnlyAdmin):
 class MetaErrorReportAdmin(ReadOnlyAdmin):
     list_display = ["received_at", "tenant", "number", "code", "title"]
     list_filter = ["tenant", "code"]
+
+
+@admin.register(Template)
+class TemplateAdmin(ReadOnlyAdmin):
+    list_display = ["name", "language", "tenant", "waba_id", "category", "status", "synced_at"]
+    list_filter = ["tenant", "status", "category"]
+    search_fields = ["name", "waba_id"]

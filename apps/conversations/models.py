@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
@@ -75,6 +76,13 @@ class Conversation(TenantOwnedModel):
     last_message_at = models.DateTimeField(null=True, blank=True)
     last_message_preview = models.CharField(max_length=200, blank=True)
     unread_count = models.PositiveIntegerField(default=0)
+    assigned_to = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="assigned_conversations",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -97,11 +105,14 @@ class Conversation(TenantOwnedModel):
 class Direction(models.TextChoices):
     INBOUND = "in", "Inbound"
     OUTBOUND = "out", "Outbound"
+    NOTE = "note", "Internal note"  # never leaves Klaros
 
 
 class MessageStatus(models.TextChoices):
     RECEIVED = "received", "Received"
     QUEUED = "queued", "Queued"
+    SENDING = "sending", "Sending"
+    NOTE = "note", "Internal note"
     ACCEPTED = "accepted", "Accepted by Meta"
     SENT = "sent", "Sent"
     FAILED = "failed", "Failed"
@@ -116,6 +127,8 @@ class MessageStatus(models.TextChoices):
 STATUS_RANK = {
     MessageStatus.RECEIVED: 0,
     MessageStatus.QUEUED: 0,
+    MessageStatus.NOTE: 0,
+    MessageStatus.SENDING: 5,
     MessageStatus.ACCEPTED: 10,
     MessageStatus.SENT: 20,
     MessageStatus.FAILED: 25,
@@ -130,7 +143,7 @@ class Message(TenantOwnedModel):
     conversation = models.ForeignKey(
         Conversation, on_delete=models.CASCADE, related_name="messages"
     )
-    direction = models.CharField(max_length=3, choices=Direction.choices)
+    direction = models.CharField(max_length=4, choices=Direction.choices)
     # NULL until Meta gives one: unique per tenant only once set.
     wamid = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001
     type = models.CharField(max_length=30)
@@ -153,15 +166,37 @@ class Message(TenantOwnedModel):
     # Meta's pricing object from the first status that carried one (charges come from it).
     pricing = models.JSONField(null=True, blank=True)
 
+    # --- Outbox (outbound messages only) ---------------------------------------------------
+    sent_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    send_path = models.CharField(max_length=20, blank=True)
+    template = models.ForeignKey(
+        "conversations.Template", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    # Makes "send this once" requests (the opt-out confirmation) idempotent.
+    idempotency_key = models.CharField(max_length=200, blank=True)
+
     class Meta:
         constraints = [
             models.UniqueConstraint(
                 fields=["tenant", "wamid"],
                 condition=Q(wamid__isnull=False),
                 name="message_unique_tenant_wamid",
-            )
+            ),
+            models.UniqueConstraint(
+                fields=["tenant", "idempotency_key"],
+                condition=~Q(idempotency_key=""),
+                name="message_unique_idempotency_key",
+            ),
         ]
-        indexes = [models.Index(fields=["conversation", "sent_at", "id"], name="msg_thread_idx")]
+        indexes = [
+            models.Index(fields=["conversation", "sent_at", "id"], name="msg_thread_idx"),
+            models.Index(fields=["status", "next_attempt_at"], name="msg_outbox_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.get_direction_display()} {self.type} {self.wamid or self.pk}"
@@ -172,6 +207,57 @@ class Message(TenantOwnedModel):
 
 
 MEDIA_TYPES = frozenset({"image", "video", "audio", "document", "sticker"})
+
+
+class TemplateStatus(models.TextChoices):
+    APPROVED = "APPROVED", "Approved"
+    PENDING = "PENDING", "In review"
+    REJECTED = "REJECTED", "Rejected"
+    PAUSED = "PAUSED", "Paused"
+    DISABLED = "DISABLED", "Disabled"
+    IN_APPEAL = "IN_APPEAL", "In appeal"
+    PENDING_DELETION = "PENDING_DELETION", "Pending deletion"
+    DELETED = "DELETED", "Deleted"
+    ARCHIVED = "ARCHIVED", "Archived"
+    LIMIT_EXCEEDED = "LIMIT_EXCEEDED", "Limit exceeded"
+    LOCKED = "LOCKED", "Locked"
+
+
+class Template(TenantOwnedModel):
+    """A message template of one of the tenant's WABAs, synced from Meta and kept current by
+    `message_template_status_update` webhooks."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    waba_id = models.CharField(max_length=32)
+    meta_id = models.CharField(max_length=64, blank=True)
+    name = models.CharField(max_length=512)
+    language = models.CharField(max_length=20)
+    status = models.CharField(max_length=20)
+    category = models.CharField(max_length=30, blank=True)
+    parameter_format = models.CharField(max_length=20, default="POSITIONAL")
+    components = models.JSONField(default=list, blank=True)
+    status_reason = models.CharField(max_length=300, blank=True)
+    synced_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name", "language"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "waba_id", "name", "language"], name="template_unique_name_lang"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.language})"
+
+    @property
+    def is_usable(self) -> bool:
+        return self.status == TemplateStatus.APPROVED
+
+    @property
+    def is_marketing(self) -> bool:
+        return self.category.upper() == "MARKETING"
 
 
 class StatusEvent(TenantOwnedModel):
@@ -272,3 +358,14 @@ class JournalDrainFlag(models.Model):
 
     def __str__(self) -> str:
         return "drain scheduled" if self.scheduled else "drain idle"
+
+
+class OutboxDrainFlag(models.Model):
+    """One row: whether an outbox dispatcher is already queued (same pattern as the journal)."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    scheduled = models.BooleanField(default=False)
+    scheduled_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return "dispatch scheduled" if self.scheduled else "dispatch idle"

@@ -1,13 +1,13 @@
 from django.db import migrations
 
-SWEEP = "apps.conversations.tasks.sweep_webhook_journal"
+SWEEP = "apps.conversations.tasks.sweep_pending_work"
 
 
 def schedule_sweep(apps, schema_editor):
     Schedule = apps.get_model("django_q", "Schedule")
     Schedule.objects.update_or_create(
         func=SWEEP,
-        defaults={"name": "Sweep the webhook journal", "schedule_type": "I", "minutes": 1,
+        defaults={"name": "Sweep the webhook journal and the outbox", "schedule_type": "I", "minutes": 1,
                   "repeats": -1},
     )
 

@@ -1,0 +1,39 @@
+"""Applying Meta's status reports to outbound messages: forward-only, idempotent, and able to
+apply statuses that arrived before the message's wamid was known."""
+
+from __future__ import annotations
+
+from .models import STATUS_RANK, Message, MessageStatus, StatusEvent
+
+
+def update_message_status(
+    messages, status: str, *, errors: list[tuple], pricing: dict | None
+) -> int:
+    """Apply one status to the given outbound messages with conditional updates: statuses never
+    move backwards, a failure's error is recorded whenever it comes, pricing is kept once."""
+    rank = STATUS_RANK[MessageStatus(status)]
+    changed = messages.filter(status_rank__lt=rank).update(status=status, status_rank=rank)
+    if status == MessageStatus.FAILED and errors:
+        code, title, details = errors[0]
+        messages.update(error_code=code, error_title=(title or "")[:300], error_details=details)
+    if pricing:
+        messages.filter(pricing__isnull=True).update(pricing=pricing)
+    return changed
+
+
+def apply_pending_statuses(message: Message) -> None:
+    """Apply statuses that arrived before we knew this message's wamid (crash reconciliation,
+    out-of-order delivery)."""
+    if not message.wamid:
+        return
+    target = Message.objects.filter(pk=message.pk)
+    for event in StatusEvent.objects.filter(wamid=message.wamid).order_by("occurred_at"):
+        update_message_status(
+            target,
+            event.status,
+            errors=[
+                (e.get("code"), e.get("title", ""), (e.get("error_data") or {}).get("details", ""))
+                for e in event.errors
+            ],
+            pricing=event.pricing,
+        )

@@ -1,0 +1,311 @@
+"""The webhook journal: coalesced drain tasks, failures retried and visible, quarantine and its
+replay by function, command and admin action (DESIGN.md §5.3-5.4, plan B7/C3/R4)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+from django_q.conf import Conf
+from django_q.models import OrmQ
+
+from apps.conversations import journal
+from apps.conversations.journal import drain_batch, drain_journal, replay_quarantined, sweep_journal
+from apps.conversations.models import (
+    JournalDrainFlag,
+    Message,
+    WebhookEvent,
+    WebhookState,
+)
+from apps.conversations.tasks import drain_webhook_journal
+from apps.tenants.scoping import tenant_scope, unscoped
+from tests.conftest import logged_in_client as logged_in
+
+from .payload_builders import (
+    contact,
+    deliver,
+    encode,
+    entry,
+    messages_change,
+    notification,
+    post_signed,
+    text,
+    text_body,
+)
+
+UNKNOWN_PNID = "100000000777"
+
+
+def messages_of(world) -> list[str]:
+    with tenant_scope(world.tenant):
+        return sorted(Message.objects.values_list("text", flat=True))
+
+
+def all_messages() -> int:
+    with unscoped("test: count every tenant's messages"):
+        return Message.objects.count()
+
+
+def post(client, world, text_value: str, *, pnid=None) -> bytes:
+    payload, _ = text_body(pnid or world, text_value)
+    body = encode(payload)
+    assert post_signed(client, body, world.credentials.app_secret).status_code == 200
+    return body
+
+
+# --- The drain task ---------------------------------------------------------------------------
+
+
+def test_it_drains_through_the_task_enqueued_after_commit(
+    client, acme, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        post(client, acme, "via the task")
+    assert len(callbacks) == 1  # the drain, enqueued only once the row is committed
+    assert messages_of(acme) == ["via the task"]
+    assert WebhookEvent.objects.get().state == WebhookState.PROCESSED
+
+
+@pytest.fixture
+def queued_tasks(monkeypatch):
+    """Put tasks on the real ORM broker instead of running them inline, as in production."""
+    monkeypatch.setattr(Conf, "SYNC", False)
+    return OrmQ.objects
+
+
+def test_it_coalesces_a_burst_of_200_webhooks_into_few_drain_tasks(
+    client, acme, queued_tasks, django_capture_on_commit_callbacks
+):
+    for i in range(200):
+        with django_capture_on_commit_callbacks(execute=True):
+            post(client, acme, f"burst {i}")
+        if i == 99:  # the worker picks the task up mid-burst
+            assert queued_tasks.count() == 1
+            queued_tasks.all().delete()
+            assert drain_webhook_journal() == 100
+    assert queued_tasks.count() == 1  # 2 tasks for 200 webhooks
+    assert drain_webhook_journal() == 100
+    assert WebhookEvent.objects.filter(state=WebhookState.PROCESSED).count() == 200
+    assert len(messages_of(acme)) == 200
+
+
+def test_it_releases_the_flag_when_the_broker_is_down_and_the_sweep_reschedules(
+    client, acme, monkeypatch, django_capture_on_commit_callbacks
+):
+    import django_q.tasks
+
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("broker unreachable")
+
+    monkeypatch.setattr(django_q.tasks, "async_task", broker_down)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = post_signed(
+            client, encode(text_body(acme, "kept")[0]), acme.credentials.app_secret
+        )
+    assert response.status_code == 200  # the row is committed; the task is a detail
+    assert WebhookEvent.objects.get().state == WebhookState.PENDING
+    assert JournalDrainFlag.objects.get().scheduled is False
+    monkeypatch.undo()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert sweep_journal() == 1
+    assert messages_of(acme) == ["kept"]
+
+
+def test_it_sweeps_a_stale_flag_left_by_a_lost_task(client, acme):
+    post(client, acme, "lost task")  # the on_commit never ran: as if the task was lost
+    flag = JournalDrainFlag.objects.get()
+    assert flag.scheduled
+    JournalDrainFlag.objects.update(scheduled_at=timezone.now() - timedelta(minutes=10))
+    assert sweep_journal() == 1
+    drain_journal()
+    assert messages_of(acme) == ["lost task"]
+    assert sweep_journal() == 0  # nothing left to do
+
+
+def test_it_drains_in_batches_of_the_given_size(client, acme):
+    for i in range(5):
+        post(client, acme, f"m{i}")
+    assert drain_batch(batch_size=2) == 2
+    assert WebhookEvent.objects.filter(state=WebhookState.PENDING).count() == 3
+    assert drain_journal(batch_size=2) == 3
+    assert len(messages_of(acme)) == 5
+
+
+# --- Failure and retry ------------------------------------------------------------------------
+
+
+def test_it_marks_a_failing_event_failed_retries_it_later_and_processes_the_rest(
+    client, acme, monkeypatch
+):
+    post(client, acme, "before")
+    poison = post(client, acme, "poison")
+    post(client, acme, "after")
+    real_ingest = journal.ingest_event
+
+    def flaky_ingest(event, directory=None):
+        if bytes(event.body) == poison:
+            raise RuntimeError("simulated fault in ingest")
+        return real_ingest(event, directory)
+
+    monkeypatch.setattr(journal, "ingest_event", flaky_ingest)
+    assert drain_batch() == 3  # one batch: the fault does not stop its neighbours
+    failed = WebhookEvent.objects.get(state=WebhookState.FAILED)
+    assert bytes(failed.body) == poison
+    assert failed.reason == "RuntimeError: simulated fault in ingest"
+    assert failed.attempts == 1
+    assert failed.next_attempt_at > timezone.now()
+    assert messages_of(acme) == ["after", "before"]
+
+    drain_journal()  # not due yet: left alone
+    failed.refresh_from_db()
+    assert (failed.state, failed.attempts) == (WebhookState.FAILED, 1)
+
+    monkeypatch.undo()
+    WebhookEvent.objects.filter(pk=failed.pk).update(
+        next_attempt_at=timezone.now() - timedelta(seconds=1)
+    )
+    drain_journal()
+    failed.refresh_from_db()
+    assert (failed.state, failed.attempts, failed.reason) == (WebhookState.PROCESSED, 2, "")
+    assert messages_of(acme) == ["after", "before", "poison"]
+
+
+def test_it_backs_off_longer_after_each_failed_attempt(client, acme, monkeypatch):
+    post(client, acme, "always failing")
+    monkeypatch.setattr(journal, "ingest_event", lambda event, directory=None: 1 / 0)
+    gaps = []
+    for _ in range(4):
+        WebhookEvent.objects.update(next_attempt_at=timezone.now() - timedelta(seconds=1))
+        drain_batch()
+        event = WebhookEvent.objects.get()
+        gaps.append((event.next_attempt_at - timezone.now()).total_seconds())
+    assert event.attempts == 4
+    assert event.state == WebhookState.FAILED
+    assert gaps == sorted(gaps)
+    assert gaps[-1] > gaps[0]
+
+
+def test_it_rolls_back_a_half_ingested_event_so_the_retry_stores_each_message_once(
+    client, acme, monkeypatch
+):
+    from apps.conversations import ingest
+
+    first, second = text("first", from_="15550000001"), text("second", from_="15550000002")
+    payload = notification(
+        entry(
+            messages_change(
+                acme,
+                contacts=[contact("15550000001"), contact("15550000002")],
+                messages=[first, second],
+            )
+        )
+    )
+    real = ingest.ingest_inbound_message
+
+    def fail_on_second(number, message, profile):
+        if message.wamid == second["id"]:
+            raise RuntimeError("crash between two messages")
+        return real(number, message, profile)
+
+    monkeypatch.setattr(ingest, "ingest_inbound_message", fail_on_second)
+    deliver(client, acme, payload)
+    assert WebhookEvent.objects.get().state == WebhookState.FAILED
+    assert all_messages() == 0  # the first message's rows were rolled back with the savepoint
+    monkeypatch.undo()
+    WebhookEvent.objects.update(next_attempt_at=timezone.now())
+    drain_journal()
+    assert messages_of(acme) == ["first", "second"]
+
+
+def test_it_marks_an_unparseable_body_failed_and_keeps_it(client, acme):
+    body = b'{"object":"whatsapp_business_account","entry":"nope"}'
+    deliver(client, acme, body)
+    event = WebhookEvent.objects.get()
+    assert event.state == WebhookState.FAILED
+    assert "PayloadError" in event.reason
+    assert bytes(event.body) == body
+
+
+def test_it_shows_failed_events_with_their_reason_to_operators(client, acme, operator):
+    deliver(client, acme, b'{"object":"page","entry":[]}')
+    page = logged_in(operator).get("/admin/conversations/webhookevent/?state__exact=failed")
+    assert page.status_code == 200
+    assert b"PayloadError" in page.content
+
+
+# --- Quarantine and replay --------------------------------------------------------------------
+
+
+def _connect_unknown_number(acme):
+    from apps.tenants.services import connect_number
+
+    return connect_number(
+        acme.tenant,
+        phone_number_id=UNKNOWN_PNID,
+        waba_id="200000000777",
+        display_phone_number="+1 555 0777",
+        app_id=acme.app_id,
+        credentials=acme.credentials,
+        actor="test",
+    )
+
+
+def _replay_by_command():
+    call_command("replay_webhooks", "--now")
+
+
+def _replay_by_admin_action(operator):
+    ids = list(WebhookEvent.objects.values_list("pk", flat=True))
+    response = logged_in(operator).post(
+        "/admin/conversations/webhookevent/",
+        {"action": "replay", "_selected_action": ids},
+    )
+    assert response.status_code == 302
+    drain_journal()  # the action enqueues; the worker drains
+
+
+@pytest.mark.parametrize("how", ["function", "command", "admin action"])
+def test_it_delivers_a_quarantined_event_exactly_once_after_the_number_is_connected(
+    client, acme, bravo, operator, how
+):
+    payload, wamid = text_body(UNKNOWN_PNID, "waiting in quarantine")
+    body = encode(payload)
+    deliver(client, acme, body)
+    deliver(client, acme, body)  # Meta's duplicate: two quarantined rows, one message later
+    assert WebhookEvent.objects.filter(state=WebhookState.QUARANTINED).count() == 2
+    assert all_messages() == 0
+
+    _connect_unknown_number(acme)
+    replay = {
+        "function": lambda: (replay_quarantined(), drain_journal()),
+        "command": _replay_by_command,
+        "admin action": lambda: _replay_by_admin_action(operator),
+    }[how]
+    replay()
+    replay()  # a second replay finds nothing quarantined and changes nothing
+    assert WebhookEvent.objects.filter(state=WebhookState.PROCESSED).count() == 2
+    with tenant_scope(acme.tenant):
+        assert list(Message.objects.values_list("wamid", flat=True)) == [wamid]
+    assert messages_of(bravo) == []
+
+
+def test_it_replays_only_quarantined_events(client, acme):
+    deliver(client, acme, text_body(acme, "processed")[0])
+    deliver(client, acme, text_body(UNKNOWN_PNID, "quarantined")[0])
+    assert replay_quarantined() == 1
+    states = sorted(WebhookEvent.objects.values_list("state", flat=True))
+    assert states == [WebhookState.PENDING, WebhookState.PROCESSED]
+    drain_journal()  # the number is still unknown: back to quarantine, not lost
+    assert WebhookEvent.objects.filter(state=WebhookState.QUARANTINED).count() == 1
+
+
+def test_it_does_not_replay_from_the_admin_for_a_non_operator(client, acme):
+    deliver(client, acme, text_body(UNKNOWN_PNID, "quarantined")[0])
+    response = logged_in(acme.owner).post(
+        "/admin/conversations/webhookevent/",
+        {"action": "replay", "_selected_action": [WebhookEvent.objects.get().pk]},
+    )
+    assert response.status_code in (302, 403, 404)
+    assert WebhookEvent.objects.get().state == WebhookState.QUARANTINED
