@@ -338,6 +338,11 @@ if KLAROS_MEDIA_SEND_MODE not in ("upload", "link"):
 # --- Sending ----------------------------------------------------------------------------------
 # Messages per second per business number (Meta's default throughput is 80/s per number).
 KLAROS_SEND_RATE_PER_NUMBER = env.float("KLAROS_SEND_RATE_PER_NUMBER", default=80.0)
+# Graph calls in flight per dispatcher (threads; database work stays on the dispatcher's thread).
+KLAROS_SEND_CONCURRENCY = env.int("KLAROS_SEND_CONCURRENCY", default=64)
+# Extra length of the per-number rate window, so jitter in arrival at Meta never makes 81 calls
+# land in one second.
+KLAROS_SEND_RATE_MARGIN_SECONDS = env.float("KLAROS_SEND_RATE_MARGIN_SECONDS", default=0.02)
 # Development only: the local Meta simulator's base URL, which enables the inbox's
 # "simulate a customer" form. Empty in production.
 KLAROS_SIMULATOR_URL = env.str("KLAROS_SIMULATOR_URL", default="").rstrip("/") if DEBUG else ""

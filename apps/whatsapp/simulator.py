@@ -26,6 +26,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import random
 import re
 import secrets
@@ -402,6 +403,10 @@ class _Config:
     window_sync_error: bool = False
     enforce_opt_out: bool = True
     rate_limit_per_second: int = 80
+    # Meta-like latency of `POST /{phone_number_id}/messages` answers (benchmarks): lognormal
+    # with this median (0: none) and sigma, drawn from a generator seeded with `seed`.
+    latency_median_ms: float = 0.0
+    latency_sigma: float = 0.0
 
     CHAOS = {
         "duplicate_rate": 0.05,
@@ -470,6 +475,8 @@ class MetaSimulator:
         self._config = _Config(**(_Config.CHAOS if chaos else {}), enforce_window=enforce_window)
         self._seed = seed
         self._rng = random.Random(seed)  # noqa: S311 - test chaos, not cryptography
+        # Its own generator, so latency draws do not shift the chaos sequence.
+        self._latency_rng = random.Random(seed)  # noqa: S311 - test latency, not cryptography
         self._url_key = secrets.token_bytes(32)
         self._server: _Server | None = None
         self._threads: list[threading.Thread] = []
@@ -578,6 +585,11 @@ class MetaSimulator:
         131047 synchronously instead of a ``failed`` webhook), ``enforce_opt_out`` (MARKETING
         templates to a customer who tapped Stop fail with 131050), ``rate_limit_per_second``
         (accepted sends per number in any rolling second before 130429; 0 disables).
+
+        Latency (benchmarks): ``latency_median_ms`` and ``latency_sigma`` delay each answer to
+        ``POST /{phone_number_id}/messages`` by a lognormal draw (median, sigma of its log; 0 ms
+        by default), after the call was processed and logged: the rate limit and the request
+        log see the arrival, the caller waits. Draws are deterministic for a given ``seed``.
         """
         with self._lock:
             cfg = self._config
@@ -588,6 +600,7 @@ class MetaSimulator:
             if "seed" in options:
                 self._seed = options.pop("seed")
                 self._rng.seed(self._seed)
+                self._latency_rng.seed(self._seed)
             if "webhook_url" in options:
                 self.webhook_url = options.pop("webhook_url") or None
             for key, value in options.items():
@@ -616,6 +629,11 @@ class MetaSimulator:
                     if seconds <= 0:
                         raise ValueError("window_seconds: expected a positive number")
                     cfg.window_seconds = seconds
+                elif key in ("latency_median_ms", "latency_sigma"):
+                    number = float(value)
+                    if isinstance(value, bool) or number < 0:
+                        raise ValueError(f"{key}: expected 0 or more")
+                    setattr(cfg, key, number)
                 elif key == "rate_limit_per_second":
                     if isinstance(value, bool) or int(value) < 0:
                         raise ValueError("rate_limit_per_second: expected 0 (off) or more")
@@ -1385,7 +1403,20 @@ class MetaSimulator:
             self._requests.append(entry)
             if method == "POST" and len(segments) == 2 and segments[1] == "messages":
                 self._count_send(entry.get("phone_number_id") or segments[0], entry, body, reply)
+                delay = self._latency()
+            else:
+                delay = 0.0
+        if delay:
+            time.sleep(delay)
         return reply
+
+    def _latency(self) -> float:
+        """Seconds to hold a send's answer (callers hold the lock)."""
+        median = self._config.latency_median_ms
+        if median <= 0:
+            return 0.0
+        mu = math.log(median / 1000.0)
+        return self._latency_rng.lognormvariate(mu, self._config.latency_sigma)
 
     def _count_send(self, pnid: str, entry: dict[str, Any], body: bytes, reply: _Reply) -> None:
         # Callers hold the lock. Unknown numbers are not counted (no unbounded keys).
