@@ -301,6 +301,9 @@ Q_CLUSTER = {
     # Unit tests run tasks inline; integration tests start a real qcluster.
     "sync": env.bool("KLAROS_TASKS_SYNC", default=False),
 }
+# A journal drain waits this long for more webhooks before it ends, so a steady stream is served
+# by one task rather than one task every few requests.
+KLAROS_DRAIN_LINGER_SECONDS = env.float("KLAROS_DRAIN_LINGER_SECONDS", default=1.0)
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
 else:

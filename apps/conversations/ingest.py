@@ -34,6 +34,7 @@ from apps.whatsapp.payloads import (
 )
 
 from .models import (
+    MEDIA_TYPES,
     STATUS_RANK,
     Contact,
     Conversation,
@@ -152,16 +153,29 @@ def _apply_template_status(
     language = update.language.replace("-", "_")
     for tenant_id in tenant_ids:
         with tenant_scope(tenant_id):
-            fields = {
-                "status": update.event.upper()[:20],
-                "status_reason": (update.reason or "")[:300],
-            }
+            fields = {"status_reason": (update.reason or "")[:300]}
+            status = template_status_after(update.event)
+            if status:
+                fields["status"] = status
             if update.category:
                 fields["category"] = update.category.upper()
             changed = Template.objects.filter(
                 waba_id=waba_id, name=update.name, language__in={language, update.language}
             ).update(**fields)
             result.counts["template_status" if changed else "template_status_unknown"] += 1
+
+
+# Webhook events that are not list statuses: a reinstated or unarchived template is approved
+# again; FLAGGED warns about quality but leaves the template sendable.
+_TEMPLATE_EVENT_STATUS = {"REINSTATED": "APPROVED", "UNARCHIVED": "APPROVED", "FLAGGED": None}
+
+
+def template_status_after(event: str) -> str | None:
+    """The template status a `message_template_status_update` event leaves (None: unchanged)."""
+    event = (event or "").upper()
+    if event in _TEMPLATE_EVENT_STATUS:
+        return _TEMPLATE_EVENT_STATUS[event]
+    return event[:20] or None
 
 
 def _ingest_change(
@@ -302,6 +316,7 @@ def ingest_inbound_message(
             row.save(force_insert=True)
     except IntegrityError:
         return False  # unique (tenant, wamid): already stored
+    register_media_of(number, row)
     _touch_conversation(conversation, message.timestamp, preview[:200])
     if message.type in ("text", "button"):
         from .consent_hooks import handle_consent_keyword
@@ -313,6 +328,15 @@ def ingest_inbound_message(
         )
         handle_consent_keyword(conversation, row)
     return True
+
+
+def register_media_of(number: WhatsAppNumber, row: Message) -> None:
+    """A newly stored media message: record its media and fetch it in the background (the
+    download is enqueued after commit; a duplicate webhook never downloads twice)."""
+    if row.type in MEDIA_TYPES and row.content.get("id"):
+        from apps.media.services import register_inbound_media
+
+        register_inbound_media(number=number, message_id=row.pk, media=row.content, kind=row.type)
 
 
 def _inbound_row(
@@ -581,6 +605,8 @@ def _ingest_inbound_batch(tenant_id: uuid.UUID, items: list[_Inbound]) -> None:
     for item in items:
         item.new = item.row is not None and item.row.pk in inserted
         item.result.counts["messages_new" if item.new else "messages_duplicate"] += 1
+        if item.new:
+            register_media_of(item.number, item.row)
         if item.new and item.message.type in ("text", "button"):
             if rules is None:
                 from apps.consent.services import load_keyword_rules

@@ -16,6 +16,7 @@ import random
 import time
 from datetime import timedelta
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -210,22 +211,45 @@ def _save_states(events: list[WebhookEvent]) -> None:
         WebhookEvent.objects.filter(pk__in=ids).update(**values, counts=json.loads(key[-1]))
 
 
-def drain_journal(batch_size: int = 200, time_budget: float = 50.0) -> int:
-    """Drain until the journal is empty or the time budget is spent; returns rows processed."""
-    # Clear the flag first: anything journaled from now on schedules a new task, and anything
-    # journaled before is drained by this loop.
-    JournalDrainFlag.objects.filter(pk=1).update(scheduled=False)
+def drain_journal(
+    batch_size: int = 200, time_budget: float = 50.0, linger: float | None = None
+) -> int:
+    """Drain until the journal is empty or the time budget is spent; returns rows processed.
+
+    The flag stays set while this task drains and lingers (a short wait for more webhooks), so
+    a steady stream of webhooks is served by one long-running task instead of enqueuing a task
+    every few requests. On the way out the flag is cleared and the journal checked once more;
+    a row committed in the instant between is picked up by the periodic sweep.
+    """
+    if linger is None:
+        # Inline tasks (tests, sync mode) run inside a request: never wait there.
+        inline = settings.Q_CLUSTER.get("sync", False)
+        linger = 0.0 if inline else float(getattr(settings, "KLAROS_DRAIN_LINGER_SECONDS", 1.0))
     directory = NumberDirectory()
     deadline = time.monotonic() + time_budget
     total = 0
+    idle_since = None
     while time.monotonic() < deadline:
         done = drain_batch(batch_size, directory)
         total += done
-        if done < batch_size:
+        if done:
+            idle_since = None
+            if done == batch_size:
+                continue
+        now = time.monotonic()
+        idle_since = idle_since or now
+        if now - idle_since >= linger:
             break
+        time.sleep(0.05)
     else:
         with transaction.atomic():
+            JournalDrainFlag.objects.filter(pk=1).update(scheduled=False)
             request_drain()  # more work left: continue in a fresh task
+        return total
+    JournalDrainFlag.objects.filter(pk=1).update(scheduled=False)
+    if WebhookEvent.objects.filter(_claimable(timezone.now())).exists():
+        with transaction.atomic():
+            request_drain()
     return total
 
 

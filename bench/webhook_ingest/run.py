@@ -1,0 +1,682 @@
+#!/usr/bin/env python
+"""Benchmark B1 + B2 (shared/reference/performance-targets.md) on PostgreSQL.
+
+(a) Signed-webhook acknowledgement: gunicorn (klaros.wsgi, bench URLconf) with a real qcluster
+    draining; N concurrent clients POST pre-signed ~1.5 KB bodies (3 status : 1 inbound) to the
+    real endpoint and, alternately in the same run, to `/bench/noop` (same server, same
+    middleware, no work). Reports ack rate, p50/p99 and the real/noop ratio, then checks that
+    every acknowledged webhook is a stored, processed journal row and reports the lag.
+(b) Drain throughput of a preloaded journal (no worker running): statuses batched as Meta does
+    (50 per body) and inbound messages (one per body, as Meta sends them), drained with
+    `drain_journal()` (batched, `ingest.ingest_batch`) against the one-event-per-transaction
+    baseline (`drain_batch(1, batched=False)`: the per-event ORM path over one-event bodies); then a
+    replay of the whole journal (0 new rows expected); then SQL statements per item for both
+    paths (counted with an execute wrapper, small samples, not timed).
+
+Loopback only; every loop is bounded by a duration or a count. See README.md for the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import itertools
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/klaros_bench"
+PNID, WABA, APP_ID = "100000009001", "200000009001", "300000009001"
+APP_SECRET = "bench-app-secret"  # noqa: S105 - loopback benchmark only
+BASE_TS = 1767225600
+
+
+def bench_env(db_url: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DATABASE_URL": db_url,
+        "DJANGO_SETTINGS_MODULE": "bench.webhook_ingest.settings",
+        "DEBUG": "false",
+        "SECRET_KEY": "bench-only-secret-key-0123456789abcdef0123456789abcdef",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "KLAROS_ENCRYPTION_KEYS": os.environ.get(
+            "KLAROS_ENCRYPTION_KEYS", "bench1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+        ),
+        "SECURE_SSL_REDIRECT": "false",
+        "KLAROS_TASKS_SYNC": "false",
+        "LOG_LEVEL": "WARNING",
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+def ensure_database(db_url: str) -> None:
+    import psycopg
+
+    base, name = db_url.rsplit("/", 1)
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def setup_django(db_url: str) -> None:
+    os.environ.update(bench_env(db_url))
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def seed():
+    from apps.tenants.models import Tenant, WhatsAppNumber
+    from apps.tenants.scoping import unscoped
+    from apps.tenants.services import NumberCredentials, connect_number, create_tenant
+
+    with unscoped("bench seed"):
+        number = WhatsAppNumber.objects.filter(phone_number_id=PNID).first()
+        if number:
+            return number
+    tenant = Tenant.objects.filter(slug="bench").first() or create_tenant(
+        "bench", "Bench", actor="bench"
+    )
+    return connect_number(
+        tenant,
+        phone_number_id=PNID,
+        waba_id=WABA,
+        display_phone_number="+1 555 9001",
+        app_id=APP_ID,
+        credentials=NumberCredentials(  # loopback benchmark only
+            access_token="EAA-bench",  # noqa: S106
+            app_secret=APP_SECRET,
+            verify_token="bench-verify",  # noqa: S106
+        ),
+        actor="bench",
+    )
+
+
+def reset_inbox() -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "TRUNCATE conversations_webhookevent, conversations_statusevent, "
+            "conversations_metaerrorreport, conversations_message, conversations_conversation, "
+            "conversations_contact, conversations_journaldrainflag CASCADE"
+        )
+        cursor.execute("DELETE FROM django_q_ormq")
+
+
+# --- Bodies -----------------------------------------------------------------------------------
+
+
+def _value(messages=None, statuses=None, contacts=None) -> dict:
+    value = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15559001", "phone_number_id": PNID},
+    }
+    if contacts:
+        value["contacts"] = contacts
+    if messages:
+        value["messages"] = messages
+    if statuses:
+        value["statuses"] = statuses
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": WABA, "changes": [{"field": "messages", "value": value}]}],
+    }
+
+
+def inbound_body(seq: int, wa_id: str, pad: int = 0) -> bytes:
+    from apps.whatsapp.signature import dumps_like_meta
+
+    message = {
+        "from": wa_id,
+        "id": f"wamid.BENCHIN{seq:012d}",
+        "timestamp": str(BASE_TS + seq),
+        "type": "text",
+        "text": {"body": f"Hello number {seq} " + "x" * pad},
+    }
+    contact = {"profile": {"name": f"Customer {wa_id[-5:]}"}, "wa_id": wa_id}
+    return dumps_like_meta(_value(messages=[message], contacts=[contact]))
+
+
+STATUS_ORDER = ("sent", "delivered", "read")
+PRICING = {
+    "billable": False,
+    "pricing_model": "PMP",
+    "type": "free_customer_service",
+    "category": "service",
+}
+
+
+def status_item(wamid: str, value: str, seq: int) -> dict:
+    item = {
+        "id": wamid,
+        "status": value,
+        "timestamp": str(BASE_TS + seq),
+        "recipient_id": "15550000000",
+    }
+    if value in ("sent", "delivered"):
+        item["pricing"] = PRICING
+    if value == "sent":
+        item["conversation"] = {
+            "id": "8f842dbba350821654c9dfed31f5635c",
+            "origin": {"type": "service"},
+        }
+    return item
+
+
+def status_body(items: list[dict]) -> bytes:
+    from apps.whatsapp.signature import dumps_like_meta
+
+    return dumps_like_meta(_value(statuses=items))
+
+
+# --- (a) ack rate -----------------------------------------------------------------------------
+
+
+def start(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def wait_http(port: int, deadline: float = 30.0) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/bench/noop")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError("gunicorn did not answer")
+
+
+def load(
+    port: int,
+    path: str,
+    bodies: list[tuple[bytes, str]],
+    clients: int,
+    seconds: float,
+    cursor: itertools.count,
+) -> dict:
+    """`clients` threads POST back to back for `seconds`; each request on a fresh connection
+    (gunicorn sync workers close after each response)."""
+    lock = threading.Lock()
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.monotonic() + seconds
+
+    def client() -> None:
+        nonlocal errors
+        mine: list[float] = []
+        bad = 0
+        while time.monotonic() < deadline:
+            with lock:
+                body, signature = bodies[next(cursor) % len(bodies)]
+            t0 = time.perf_counter()
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                conn.request(
+                    "POST",
+                    path,
+                    body=body,
+                    headers={"Content-Type": "application/json", "X-Hub-Signature-256": signature},
+                )
+                response = conn.getresponse()
+                response.read()
+                conn.close()
+                ok = response.status == 200
+            except OSError:
+                ok = False
+            mine.append(time.perf_counter() - t0)
+            bad += not ok
+        with lock:
+            latencies.extend(mine)
+            errors += bad
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "requests": len(latencies),
+        "non_200": errors,
+        "rate": len(latencies) / elapsed,
+        "p50_ms": 1000 * latencies[len(latencies) // 2],
+        "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)],
+    }
+
+
+def bench_ack(args, env: dict, logdir: Path) -> dict:
+    from django.db import connection
+
+    from apps.conversations.models import WebhookEvent, WebhookState
+    from apps.whatsapp.signature import sign_body
+
+    reset_inbox()
+    total = 200_000
+    bodies = []
+    for i in range(total):  # ~1.5 KB each, unique wamids; 3 statuses : 1 inbound message
+        if i % 4 == 3:
+            body = inbound_body(i, f"1555{i % 5000:07d}", pad=1200)
+        else:
+            item = status_item(f"wamid.BENCHACK{i:012d}", STATUS_ORDER[i % 3], i)
+            item["biz_opaque_callback_data"] = "x" * 400
+            body = status_body([item, status_item(f"wamid.BENCHACK{i:012d}b", "sent", i)])
+        bodies.append((body, sign_body(body, APP_SECRET)))
+        if i >= args.presign:
+            break
+    bodies = bodies[: args.presign]
+    sizes = [len(b) for b, _ in bodies]
+    worker = start([sys.executable, "manage.py", "qcluster"], env, logdir / "qcluster.log")
+    server = start(
+        [
+            str(Path(sys.executable).parent / "gunicorn"),
+            "klaros.wsgi",
+            "-w",
+            str(args.workers),
+            "-b",
+            f"127.0.0.1:{args.port}",
+            "--access-logfile",
+            "-",
+            "--log-level",
+            "warning",
+            "--access-logformat",
+            "",
+        ],
+        env,
+        logdir / "gunicorn.log",
+    )
+    noop_noise = [(b, s) for b, s in bodies[:100]]
+    try:
+        wait_http(args.port)
+        cursor = itertools.count()
+        load(args.port, "/webhooks/whatsapp/", bodies, args.clients, args.warmup, cursor)
+        rounds = {"noop": [], "webhook": []}
+        for _ in range(args.repeat):
+            rounds["noop"].append(
+                load(
+                    args.port,
+                    "/bench/noop",
+                    noop_noise,
+                    args.clients,
+                    args.seconds,
+                    itertools.count(),
+                )
+            )
+            rounds["webhook"].append(
+                load(args.port, "/webhooks/whatsapp/", bodies, args.clients, args.seconds, cursor)
+            )
+        sent = next(cursor)
+        # Every acknowledged webhook must be a journal row, drained by the worker.
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            left = WebhookEvent.objects.exclude(state=WebhookState.PROCESSED).count()
+            if left == 0:
+                break
+            time.sleep(1)
+        rows = WebhookEvent.objects.count()
+        with connection.cursor() as c:
+            c.execute(
+                "SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY processed_at - received_at),"
+                " percentile_disc(0.99) WITHIN GROUP (ORDER BY processed_at - received_at)"
+                " FROM conversations_webhookevent"
+            )
+            lag50, lag99 = c.fetchone()
+    finally:
+        stop(server)
+        stop(worker)
+
+    def median(kind: str, key: str) -> float:
+        return statistics.median(r[key] for r in rounds[kind])
+
+    result = {
+        "clients": args.clients,
+        "gunicorn_workers": args.workers,
+        "body_bytes_median": statistics.median(sizes),
+        "rounds": rounds,
+        "noop_rate": median("noop", "rate"),
+        "webhook_rate": median("webhook", "rate"),
+        "noop_p50_ms": median("noop", "p50_ms"),
+        "noop_p99_ms": median("noop", "p99_ms"),
+        "webhook_p50_ms": median("webhook", "p50_ms"),
+        "webhook_p99_ms": median("webhook", "p99_ms"),
+        "webhook_non_200": sum(r["non_200"] for r in rounds["webhook"]),
+        "requests_sent": sent,
+        "journal_rows": rows,
+        "unprocessed_after_drain": left,
+        "lag_p50_s": lag50.total_seconds() if lag50 else None,
+        "lag_p99_s": lag99.total_seconds() if lag99 else None,
+    }
+    result["ratio"] = result["webhook_rate"] / result["noop_rate"]
+    return result
+
+
+# --- (b) drain throughput ---------------------------------------------------------------------
+
+
+def preload_outbound(count: int) -> list[str]:
+    from apps.conversations.models import Contact, Conversation, Direction, Message
+    from apps.tenants.models import WhatsAppNumber
+    from apps.tenants.scoping import tenant_scope, unscoped
+
+    with unscoped("bench"):
+        number = WhatsAppNumber.objects.get(phone_number_id=PNID)
+    with tenant_scope(number.tenant_id):
+        contacts = Contact.objects.bulk_create(
+            [Contact(tenant_id=number.tenant_id, wa_id=f"1666{i:07d}") for i in range(count // 10)]
+        )
+        conversations = Conversation.objects.bulk_create(
+            [Conversation(tenant_id=number.tenant_id, number=number, contact=c) for c in contacts]
+        )
+        now = datetime.now(tz=UTC)
+        wamids = [f"wamid.BENCHOUT{i:012d}" for i in range(count)]
+        Message.objects.bulk_create(
+            [
+                Message(
+                    tenant_id=number.tenant_id,
+                    conversation=conversations[i % len(conversations)],
+                    direction=Direction.OUTBOUND,
+                    wamid=wamid,
+                    type="text",
+                    content={"body": "hi"},
+                    text="hi",
+                    status="accepted",
+                    status_rank=10,
+                    sent_at=now,
+                )
+                for i, wamid in enumerate(wamids)
+            ],
+            batch_size=2000,
+        )
+    return wamids
+
+
+def journal(bodies: list[bytes]) -> None:
+    from apps.conversations.models import WebhookEvent
+    from apps.tenants.models import MetaApp
+
+    app = MetaApp.objects.get(app_id=APP_ID)
+    WebhookEvent.objects.bulk_create(
+        [WebhookEvent(app=app, body=b) for b in bodies], batch_size=1000
+    )
+
+
+def vacuum() -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def timed_drain(batch_size: int) -> tuple[int, float]:
+    """batch_size 1: the one-event-per-transaction baseline (the per-event ORM path,
+    `drain_batch(1, batched=False)`); otherwise `drain_journal` (batched)."""
+    from apps.conversations.ingest import NumberDirectory
+    from apps.conversations.journal import drain_batch, drain_journal
+
+    t0 = time.perf_counter()
+    if batch_size == 1:
+        directory, rows = NumberDirectory(), 0
+        while drain_batch(1, directory, batched=False):
+            rows += 1
+    else:
+        rows = drain_journal(batch_size=batch_size, time_budget=3600)
+    return rows, time.perf_counter() - t0
+
+
+def count_statements(batched: bool, batch_size: int) -> tuple[int, int]:
+    """(journal rows, SQL statements) to drain the pending journal, counted with a connection
+    execute wrapper (CaptureQueriesContext's log stops at 9,000 entries); not timed. Counts
+    every statement Django sends, savepoints included; BEGIN/COMMIT are not statements here."""
+    from django.db import connection
+
+    from apps.conversations.ingest import NumberDirectory
+    from apps.conversations.journal import drain_batch
+
+    statements = 0
+
+    def count(execute, sql, params, many, context):
+        nonlocal statements
+        statements += 1
+        return execute(sql, params, many, context)
+
+    directory, rows = NumberDirectory(), 0
+    with connection.execute_wrapper(count):
+        while True:
+            done = drain_batch(batch_size if batched else 1, directory, batched=batched)
+            rows += done
+            if not done:
+                break
+    return rows, statements
+
+
+def counts() -> dict:
+    from apps.conversations.models import Contact, Conversation, Message, StatusEvent, WebhookEvent
+    from apps.tenants.scoping import unscoped
+
+    with unscoped("bench"):
+        return {
+            "messages": Message.objects.count(),
+            "status_events": StatusEvent.objects.count(),
+            "contacts": Contact.objects.count(),
+            "conversations": Conversation.objects.count(),
+            "not_processed": WebhookEvent.objects.exclude(state="processed").count(),
+        }
+
+
+def mark_pending() -> None:
+    from apps.conversations.models import WebhookEvent
+
+    WebhookEvent.objects.update(state="pending", processed_at=None)
+
+
+def status_bodies(wamids: list[str], total: int, per_body: int) -> list[bytes]:
+    items = [status_item(wamids[i // 3], STATUS_ORDER[i % 3], i) for i in range(total)]
+    return [status_body(items[i : i + per_body]) for i in range(0, total, per_body)]
+
+
+def bench_drain(args) -> dict:
+    from apps.conversations.models import WebhookEvent
+
+    out: dict = {"loadavg_before": loadavg()}
+    reset_inbox()
+    wamids = preload_outbound((args.statuses + args.baseline_statuses) // 3 + 3)
+    split = args.baseline_statuses // 3 + 1
+    # Baseline: one status per body, one transaction per event.
+    journal(status_bodies(wamids[:split], args.baseline_statuses, 1))
+    vacuum()
+    rows, seconds = timed_drain(1)
+    out["statuses_per_event"] = {
+        "statuses": args.baseline_statuses,
+        "seconds": seconds,
+        "per_s": args.baseline_statuses / seconds,
+        "loadavg_after": loadavg(),
+    }
+    WebhookEvent.objects.all().delete()
+    # Batched: 50 statuses per body, as Meta batches them.
+    journal(status_bodies(wamids[split:], args.statuses, args.per_body))
+    vacuum()
+    rows, seconds = timed_drain(args.batch_size)
+    out["statuses_batched"] = {
+        "statuses": args.statuses,
+        "bodies": rows,
+        "seconds": seconds,
+        "per_s": args.statuses / seconds,
+        "loadavg_after": loadavg(),
+    }
+    before = counts()
+    mark_pending()
+    rows, seconds = timed_drain(args.batch_size)
+    after = counts()
+    out["statuses_replay"] = {
+        "seconds": seconds,
+        "per_s": args.statuses / seconds,
+        "new_rows": {k: after[k] - before[k] for k in before},
+    }
+    WebhookEvent.objects.all().delete()
+
+    # Inbound: one message per body, 1,000 senders.
+    journal([inbound_body(i, f"1777{i % 1000:07d}") for i in range(args.baseline_inbound)])
+    vacuum()
+    rows, seconds = timed_drain(1)
+    out["inbound_per_event"] = {
+        "messages": rows,
+        "seconds": seconds,
+        "per_s": rows / seconds,
+        "loadavg_after": loadavg(),
+    }
+    WebhookEvent.objects.all().delete()
+    base = 10_000_000
+    journal([inbound_body(base + i, f"1888{i % 1000:07d}") for i in range(args.inbound)])
+    vacuum()
+    rows, seconds = timed_drain(args.batch_size)
+    out["inbound_batched"] = {
+        "messages": rows,
+        "seconds": seconds,
+        "per_s": rows / seconds,
+        "loadavg_after": loadavg(),
+    }
+    before = counts()
+    mark_pending()
+    rows, seconds = timed_drain(args.batch_size)
+    after = counts()
+    out["inbound_replay"] = {
+        "seconds": seconds,
+        "per_s": rows / seconds,
+        "new_rows": {k: after[k] - before[k] for k in before},
+    }
+    out["speedup_statuses"] = out["statuses_batched"]["per_s"] / out["statuses_per_event"]["per_s"]
+    out["speedup_inbound"] = out["inbound_batched"]["per_s"] / out["inbound_per_event"]["per_s"]
+    out["statements"] = statements_per_item(args)
+    return out
+
+
+def statements_per_item(args) -> dict:
+    """SQL statements per item, per-event path vs batched, on small fresh samples (the same
+    shapes as the timed runs: statuses 50 per body, inbound one per body)."""
+    from apps.conversations.models import WebhookEvent
+
+    out = {}
+    reset_inbox()
+    wamids = preload_outbound(3 * 1000 + 3)
+    n = 600
+    journal(status_bodies(wamids[:200], n, 1))
+    rows, statements = count_statements(False, 1)
+    out["status_per_event"] = {"items": n, "statements": statements, "per_item": statements / n}
+    WebhookEvent.objects.all().delete()
+    journal(status_bodies(wamids[200:], 2000, args.per_body))
+    rows, statements = count_statements(True, args.batch_size)
+    out["status_batched"] = {
+        "items": 2000,
+        "statements": statements,
+        "per_item": statements / 2000,
+        "batches": -(-rows // args.batch_size),
+    }
+    WebhookEvent.objects.all().delete()
+    journal([inbound_body(20_000_000 + i, f"1999{i % 1000:07d}") for i in range(300)])
+    rows, statements = count_statements(False, 1)
+    out["inbound_per_event"] = {
+        "items": rows,
+        "statements": statements,
+        "per_item": statements / rows,
+    }
+    WebhookEvent.objects.all().delete()
+    journal([inbound_body(30_000_000 + i, f"1999{i % 1000:07d}") for i in range(1000)])
+    rows, statements = count_statements(True, args.batch_size)
+    out["inbound_batched"] = {
+        "items": rows,
+        "statements": statements,
+        "per_item": statements / rows,
+        "batches": -(-rows // args.batch_size),
+        "note": "senders 0-299 already known, 300-999 new",
+    }
+    WebhookEvent.objects.all().delete()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database-url", default=DEFAULT_DB)
+    parser.add_argument("--part", choices=["ack", "drain", "all"], default="all")
+    parser.add_argument("--port", type=int, default=8791)
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent load clients")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per measured round")
+    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--presign", type=int, default=40_000)
+    parser.add_argument("--statuses", type=int, default=20_000)
+    parser.add_argument("--per-body", type=int, default=50)
+    parser.add_argument("--inbound", type=int, default=5_000)
+    parser.add_argument("--baseline-statuses", type=int, default=2_000)
+    parser.add_argument("--baseline-inbound", type=int, default=1_000)
+    parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    ensure_database(args.database_url)
+    setup_django(args.database_url)
+    seed()
+    logdir = ROOT / "var" / "bench"
+    logdir.mkdir(parents=True, exist_ok=True)
+    results = {
+        "cpus": os.cpu_count(),
+        "database": args.database_url.rsplit("/", 1)[1],
+        "loadavg_start": loadavg(),
+    }
+    if args.part in ("ack", "all"):
+        results["ack"] = bench_ack(args, bench_env(args.database_url), logdir)
+    if args.part in ("drain", "all"):
+        results["drain"] = bench_drain(args)
+    results["loadavg_end"] = loadavg()
+    text = json.dumps(results, indent=2, default=str)
+    print(text)
+    if args.json:
+        args.json.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
