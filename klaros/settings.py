@@ -5,6 +5,7 @@ runs on embedded defaults: SQLite, a private media folder, the database task bro
 """
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -273,6 +274,20 @@ else:
     raise ImproperlyConfigured(
         f"KLAROS_MEDIA_STORAGE must be 'filesystem' or 's3', not {KLAROS_MEDIA_STORAGE!r}"
     )
+# Where the browser loads inline media from: our own origin (filesystem backend), or the S3
+# service the presigned links point at. KLAROS_MEDIA_ORIGIN overrides the derived value.
+KLAROS_MEDIA_ORIGIN = env.str("KLAROS_MEDIA_ORIGIN", default="")
+if not KLAROS_MEDIA_ORIGIN and KLAROS_MEDIA_STORAGE == "s3":
+    _endpoint = _media_backend["OPTIONS"]["endpoint_url"]
+    if _endpoint:
+        _parts = urlsplit(_endpoint)
+        KLAROS_MEDIA_ORIGIN = f"{_parts.scheme}://{_parts.netloc}"
+    else:
+        KLAROS_MEDIA_ORIGIN = "https://*.amazonaws.com"
+if KLAROS_MEDIA_ORIGIN:
+    for _directive in ("img-src", "media-src"):
+        CONTENT_SECURITY_POLICY["DIRECTIVES"][_directive].append(KLAROS_MEDIA_ORIGIN)
+
 STORAGES = {
     "default": _media_backend,
     "media": _media_backend,

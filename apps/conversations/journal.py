@@ -75,7 +75,16 @@ def _enqueue_drain() -> None:
         # The broker is down: release the flag so the periodic sweep (or the next webhook)
         # schedules a drain. The journal row itself is already committed.
         logger.exception("could not enqueue the journal drain; the sweep will pick it up")
-        JournalDrainFlag.objects.filter(pk=1).update(scheduled=False)
+        _release_flag_quietly(JournalDrainFlag)
+
+
+def _release_flag_quietly(flag_model) -> None:
+    """Runs after commit, outside any transaction: a failure here must not turn a committed
+    request into an error (the sweep re-schedules the work within a minute)."""
+    try:
+        flag_model.objects.filter(pk=1).update(scheduled=False)
+    except Exception:
+        logger.exception("could not release the journal drain flag; the sweep will reset it")
 
 
 def _claimable(now) -> Q:

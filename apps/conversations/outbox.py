@@ -300,7 +300,16 @@ def _enqueue_dispatch() -> None:
         async_task(DISPATCH_TASK, q_options={"group": "outbox"})
     except Exception:
         logger.exception("could not enqueue the outbox dispatcher; the sweep will pick it up")
-        OutboxDrainFlag.objects.filter(pk=1).update(scheduled=False)
+        _release_flag_quietly(OutboxDrainFlag)
+
+
+def _release_flag_quietly(flag_model) -> None:
+    """Runs after commit, outside any transaction: a failure here must not turn a committed
+    request into an error (the sweep re-schedules the work within a minute)."""
+    try:
+        flag_model.objects.filter(pk=1).update(scheduled=False)
+    except Exception:
+        logger.exception("could not release the outbox dispatcher flag; the sweep will reset it")
 
 
 # --- Dispatch (the worker) --------------------------------------------------------------------
@@ -634,12 +643,21 @@ def _checked_attempt(
             audit="send.refused_at_dispatch",
         )
         return None
+    payload = build_payload(message)
+    if "_media_object_id" in message.content:
+        # After the gate: upload the attachment to Meta (or mint its one-use link) only for a
+        # send the gate allows. Main thread: it reads and writes the media row. False: the
+        # message was failed or queued for a retry (media_send.attach_media_or_settle).
+        from .media_send import attach_media_or_settle
+
+        if not attach_media_or_settle(message, payload):
+            return None
     return _Attempt(
         message=message,
         number=number,
         base_url=settings.WHATSAPP_GRAPH_URL,
         token=token if token is not None else number.access_token.reveal(),
-        payload=build_payload(message),
+        payload=payload,
     )
 
 

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import media_views, views
 
 urlpatterns = [
     path("", views.inbox, name="inbox"),
@@ -10,6 +10,7 @@ urlpatterns = [
     path("c/<uuid:pk>/", views.conversation_detail, name="conversation"),
     path("c/<uuid:pk>/messages/", views.conversation_messages, name="conversation_messages"),
     path("c/<uuid:pk>/reply/", views.reply, name="conversation_reply"),
+    path("c/<uuid:pk>/attach/", media_views.attach, name="conversation_attach"),
     path("c/<uuid:pk>/template/", views.send_template, name="conversation_template"),
     path(
         "c/<uuid:pk>/template/preview/",

@@ -307,7 +307,9 @@ def conversation_detail(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
         )
     # The newest page, read backwards and shown oldest first.
     items = list(
-        queryset.select_related("sent_by").order_by("-sent_at", "-id")[: THREAD_PAGE_SIZE + 1]
+        queryset.select_related("sent_by")
+        .prefetch_related("media_objects")
+        .order_by("-sent_at", "-id")[: THREAD_PAGE_SIZE + 1]
     )
     has_earlier = len(items) > THREAD_PAGE_SIZE
     items = items[:THREAD_PAGE_SIZE][::-1]
@@ -394,14 +396,20 @@ def conversation_messages(request: HttpRequest, pk: uuid.UUID) -> HttpResponse:
             | Q(sent_at=after.sent_at, id__gt=after.pk)
             | Q(created_at__gt=since.created_at)
         ).exclude(pk__in=wanted)
-    items = list(new.select_related("sent_by").order_by("sent_at", "id")[:THREAD_PAGE_SIZE])
+    items = list(
+        new.select_related("sent_by")
+        .prefetch_related("media_objects")
+        .order_by("sent_at", "id")[:THREAD_PAGE_SIZE]
+    )
     shown = {m.pk for m in items}
     ticks = _parse_ticks(request.GET.get("ticks", ""))
     changed = []
     if ticks:
         changed = [
             m
-            for m in queryset.filter(pk__in=list(ticks), direction=Direction.OUTBOUND)
+            for m in queryset.filter(
+                pk__in=list(ticks), direction=Direction.OUTBOUND
+            ).prefetch_related("media_objects")
             if m.pk not in shown and m.status != ticks[m.pk]
         ]
     context = {
