@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hmac
 import logging
+import threading
+import time
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import DatabaseError
@@ -17,7 +20,7 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 
-from apps.tenants.crypto import DecryptionError
+from apps.tenants.crypto import DecryptionError, Secret
 from apps.tenants.models import MetaApp
 from apps.whatsapp.signature import verify_signature
 
@@ -49,6 +52,56 @@ def _apps(app_id: str | None) -> list[MetaApp]:
     if app_id is not None:
         queryset = queryset.filter(app_id=app_id)
     return list(queryset)
+
+
+# Verifying a POST needs every configured app's secret; loading and decrypting them was a query
+# per webhook. They are kept in this process for APP_SECRETS_TTL seconds. A body that no cached
+# secret verifies reloads them once before the 401, so a newly connected app or a changed secret
+# works at once; saving or deleting a Meta app in this process clears the cache. An app deleted
+# by another process can verify bodies here for at most the TTL, and their journal insert then
+# fails on the missing app (503, Meta retries).
+APP_SECRETS_TTL = 10.0
+
+
+@dataclass(frozen=True)
+class _VerifyingApp:
+    app: MetaApp
+    secret: Secret | None  # None when it does not decrypt
+
+
+_secrets_cache: dict[str | None, tuple[float, list[_VerifyingApp]]] = {}
+_secrets_lock = threading.Lock()
+
+
+def forget_app_secrets(**kwargs) -> None:
+    with _secrets_lock:
+        _secrets_cache.clear()
+
+
+def _verifying_apps(app_id: str | None, *, fresh: bool) -> list[_VerifyingApp]:
+    now = time.monotonic()
+    if not fresh:
+        cached = _secrets_cache.get(app_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+    loaded = []
+    for app in _apps(app_id):
+        try:
+            secret = app.app_secret
+        except DecryptionError:
+            logger.error("app secret of Meta app %s does not decrypt", app.app_id)
+            secret = None
+        loaded.append(_VerifyingApp(app, secret or None))
+    with _secrets_lock:
+        _secrets_cache[app_id] = (now + APP_SECRETS_TTL, loaded)
+    return loaded
+
+
+def _verified_by(body: bytes, header: str | None, apps: list[_VerifyingApp]) -> MetaApp | None:
+    for candidate in apps:
+        if candidate.secret and verify_signature(body, header, candidate.secret.reveal()):
+            return candidate.app
+    return None
 
 
 def _handshake(request: HttpRequest, app_id: str | None) -> HttpResponse:
@@ -103,7 +156,11 @@ def _receive(request: HttpRequest, app_id: str | None) -> HttpResponse:
         return _plain("payload too large\n", 413)
     header = request.headers.get("X-Hub-Signature-256")
     try:
-        apps = _apps(app_id)
+        apps = _verifying_apps(app_id, fresh=False)
+        verified_by = _verified_by(body, header, apps)
+        if verified_by is None:
+            apps = _verifying_apps(app_id, fresh=True)
+            verified_by = _verified_by(body, header, apps)
     except DatabaseError:
         logger.exception("webhook: database unavailable while loading Meta apps")
         return _plain("temporarily unavailable\n", 503)
@@ -111,16 +168,6 @@ def _receive(request: HttpRequest, app_id: str | None) -> HttpResponse:
         # Fail closed: without an app secret nothing can be verified, so nothing is accepted.
         logger.error("webhook rejected: no Meta app is configured")
         return _plain("no Meta app configured\n", 503)
-    verified_by = None
-    for app in apps:
-        try:
-            secret = app.app_secret.reveal()
-        except DecryptionError:
-            logger.error("app secret of Meta app %s does not decrypt", app.app_id)
-            continue
-        if secret and verify_signature(body, header, secret):
-            verified_by = app
-            break
     if verified_by is None:
         logger.warning(
             "webhook rejected: invalid or missing signature (%s bytes, header %s)",

@@ -330,11 +330,14 @@ def test_it_answers_503_and_stores_nothing_when_the_journal_insert_fails(client,
     assert journal_count() == 0
 
 
-def test_it_answers_503_and_rolls_the_row_back_when_the_commit_path_fails_half_way(
+def test_it_keeps_the_committed_row_and_answers_200_when_scheduling_the_drain_fails(
     client, acme, monkeypatch
 ):
-    """The row insert succeeded but scheduling the drain (same transaction) failed: the row must
-    not survive, or Meta's retry would store it twice."""
+    """The row is committed before the drain is scheduled. If scheduling then fails, the row is
+    durable: Meta gets its 200 (a 5xx would make it deliver the body again) and the periodic
+    sweep schedules the drain that processes it."""
+    from apps.conversations.journal import drain_journal, sweep_journal
+    from apps.conversations.models import WebhookEvent, WebhookState
 
     def broken_request_drain():
         raise OperationalError("server closed the connection unexpectedly")
@@ -342,12 +345,13 @@ def test_it_answers_503_and_rolls_the_row_back_when_the_commit_path_fails_half_w
     monkeypatch.setattr(journal, "request_drain", broken_request_drain)
     body = _valid_body(acme)
     response = post_signed(client, body, acme.credentials.app_secret)
-    assert response.status_code == 503
-    assert journal_count() == 0
-    monkeypatch.undo()
-    # Meta retries after recovery: stored once.
-    assert post_signed(client, body, acme.credentials.app_secret).status_code == 200
+    assert response.status_code == 200
     assert journal_count() == 1
+    assert WebhookEvent.objects.get().state == WebhookState.PENDING
+    monkeypatch.undo()
+    assert sweep_journal() == 1  # the safety net finds the pending row and schedules a drain
+    drain_journal()
+    assert WebhookEvent.objects.get().state == WebhookState.PROCESSED
 
 
 def test_it_answers_503_when_the_apps_cannot_be_loaded(client, acme, monkeypatch):
@@ -376,3 +380,47 @@ def test_it_never_logs_the_body(client, acme, monkeypatch, caplog):
     assert "canary-body-text" not in caplog.text  # ...without the body
     assert "Caf" not in caplog.text
     assert acme.credentials.app_secret not in caplog.text
+
+
+def test_it_verifies_against_a_changed_app_secret_at_once_despite_the_secret_cache(client, acme):
+    from apps.tenants.services import upsert_meta_app
+
+    body = _valid_body(acme)
+    assert post_signed(client, body, acme.credentials.app_secret).status_code == 200  # cached
+    upsert_meta_app(
+        acme.app_id,
+        app_secret="rotated-app-secret",
+        verify_token=acme.credentials.verify_token,
+        actor="test",
+    )
+    assert post_signed(client, body, acme.credentials.app_secret).status_code == 401
+    assert post_signed(client, body, "rotated-app-secret").status_code == 200
+    assert journal_count() == 2
+
+
+def test_it_accepts_a_newly_connected_app_without_waiting_for_the_cache(client, acme):
+    from apps.tenants.services import NumberCredentials, connect_number, create_tenant
+
+    assert post_signed(client, _valid_body(acme), acme.credentials.app_secret).status_code == 200
+    # Connected by another process: no signal reaches this one, so only the reload on a miss
+    # can find the new app.
+    from django.db.models.signals import post_save
+
+    from apps.conversations.webhook import forget_app_secrets
+    from apps.tenants.models import MetaApp
+
+    post_save.disconnect(forget_app_secrets, sender=MetaApp, dispatch_uid="klaros-app-secrets")
+    try:
+        other = create_tenant("other", "Other", actor="test")
+        connect_number(
+            other,
+            phone_number_id="100000000009",
+            waba_id="200000000009",
+            display_phone_number="+1 555 0009",
+            app_id="300000000009",
+            credentials=NumberCredentials("EAA-other-token", "other-app-secret", "other-verify"),
+            actor="test",
+        )
+    finally:
+        post_save.connect(forget_app_secrets, sender=MetaApp, dispatch_uid="klaros-app-secrets")
+    assert post_signed(client, _valid_body(acme), "other-app-secret").status_code == 200
