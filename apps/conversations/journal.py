@@ -32,6 +32,7 @@ from .ingest import (
     parse_notification,
 )
 from .models import JournalDrainFlag, WebhookEvent, WebhookState
+from .scheduling import CoalescedTask
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def journal_webhook(app: MetaApp, body: bytes) -> WebhookEvent:
     """
     event = WebhookEvent.objects.create(app=app, body=body)
     try:
-        if not JournalDrainFlag.objects.filter(pk=1, scheduled=True).exists():
+        if not DRAIN.is_scheduled():
             with transaction.atomic():
                 request_drain()
     except DatabaseError:
@@ -59,44 +60,9 @@ def journal_webhook(app: MetaApp, body: bytes) -> WebhookEvent:
     return event
 
 
-def request_drain() -> None:
-    """Schedule one drain task unless one is already scheduled (inside the caller's transaction;
-    the task is enqueued after commit)."""
-    # Most webhooks of a burst find the flag already set: one plain read (no row lock to queue
-    # behind) instead of a no-op UPDATE plus an existence check on the hot path.
-    if JournalDrainFlag.objects.filter(pk=1, scheduled=True).exists():
-        return
-    flag_taken = JournalDrainFlag.objects.filter(pk=1, scheduled=False).update(
-        scheduled=True, scheduled_at=timezone.now()
-    )
-    if not flag_taken and not JournalDrainFlag.objects.filter(pk=1).exists():
-        JournalDrainFlag.objects.get_or_create(
-            pk=1, defaults={"scheduled": True, "scheduled_at": timezone.now()}
-        )
-        flag_taken = 1
-    if flag_taken:
-        transaction.on_commit(_enqueue_drain)
-
-
-def _enqueue_drain() -> None:
-    from django_q.tasks import async_task
-
-    try:
-        async_task(DRAIN_TASK, task_name=None, q_options={"group": "webhook-drain"})
-    except Exception:
-        # The broker is down: release the flag so the periodic sweep (or the next webhook)
-        # schedules a drain. The journal row itself is already committed.
-        logger.exception("could not enqueue the journal drain; the sweep will pick it up")
-        _release_flag_quietly(JournalDrainFlag)
-
-
-def _release_flag_quietly(flag_model) -> None:
-    """Runs after commit, outside any transaction: a failure here must not turn a committed
-    request into an error (the sweep re-schedules the work within a minute)."""
-    try:
-        flag_model.objects.filter(pk=1).update(scheduled=False)
-    except Exception:
-        logger.exception("could not release the journal drain flag; the sweep will reset it")
+DRAIN = CoalescedTask(JournalDrainFlag, DRAIN_TASK, group="webhook-drain", label="journal drain")
+request_drain = DRAIN.request
+_enqueue_drain = DRAIN.enqueue
 
 
 def _claimable(now) -> Q:
@@ -264,10 +230,10 @@ def drain_journal(
         time.sleep(0.05)
     else:
         with transaction.atomic():
-            JournalDrainFlag.objects.filter(pk=1).update(scheduled=False)
+            DRAIN.clear()
             request_drain()  # more work left: continue in a fresh task
         return total
-    JournalDrainFlag.objects.filter(pk=1).update(scheduled=False)
+    DRAIN.clear()
     if WebhookEvent.objects.filter(_claimable(timezone.now())).exists():
         with transaction.atomic():
             request_drain()
@@ -296,8 +262,6 @@ def sweep_journal() -> int:
     if not has_work:
         return 0
     with transaction.atomic():
-        JournalDrainFlag.objects.filter(pk=1, scheduled=True, scheduled_at__lt=stale).update(
-            scheduled=False
-        )
+        DRAIN.reset_if_stale(stale)
         request_drain()
     return 1

@@ -43,6 +43,7 @@ from .models import (
     StatusEvent,
     Template,
 )
+from .scheduling import CoalescedTask
 from .statuses import apply_pending_statuses
 
 logger = logging.getLogger(__name__)
@@ -279,37 +280,9 @@ def _queue(
     return message
 
 
-def request_dispatch() -> None:
-    """Schedule one dispatcher after commit unless one is already scheduled."""
-    taken = OutboxDrainFlag.objects.filter(pk=1, scheduled=False).update(
-        scheduled=True, scheduled_at=timezone.now()
-    )
-    if not taken and not OutboxDrainFlag.objects.filter(pk=1).exists():
-        OutboxDrainFlag.objects.get_or_create(
-            pk=1, defaults={"scheduled": True, "scheduled_at": timezone.now()}
-        )
-        taken = 1
-    if taken:
-        transaction.on_commit(_enqueue_dispatch)
-
-
-def _enqueue_dispatch() -> None:
-    from django_q.tasks import async_task
-
-    try:
-        async_task(DISPATCH_TASK, q_options={"group": "outbox"})
-    except Exception:
-        logger.exception("could not enqueue the outbox dispatcher; the sweep will pick it up")
-        _release_flag_quietly(OutboxDrainFlag)
-
-
-def _release_flag_quietly(flag_model) -> None:
-    """Runs after commit, outside any transaction: a failure here must not turn a committed
-    request into an error (the sweep re-schedules the work within a minute)."""
-    try:
-        flag_model.objects.filter(pk=1).update(scheduled=False)
-    except Exception:
-        logger.exception("could not release the outbox dispatcher flag; the sweep will reset it")
+DISPATCH = CoalescedTask(OutboxDrainFlag, DISPATCH_TASK, group="outbox", label="outbox dispatcher")
+request_dispatch = DISPATCH.request
+_enqueue_dispatch = DISPATCH.enqueue
 
 
 # --- Dispatch (the worker) --------------------------------------------------------------------
@@ -486,7 +459,7 @@ def dispatch_outbox(time_budget: float = 50.0, throttle: NumberThrottle | None =
     """Send due outbox messages until none are left or the time budget is spent. Retries due
     within the budget are waited for here; later ones are picked up by the periodic sweep.
     Calls in flight when the budget runs out are finished and recorded before returning."""
-    OutboxDrainFlag.objects.filter(pk=1).update(scheduled=False)
+    DISPATCH.clear()
     margin = float(getattr(settings, "KLAROS_SEND_RATE_MARGIN_SECONDS", RATE_WINDOW_MARGIN))
     throttle = throttle or NumberThrottle(window=1.0 + margin)
     dispatcher = _Dispatcher(throttle, _send_concurrency())
@@ -505,9 +478,7 @@ def sweep_outbox() -> int:
         return 0
     stale = timezone.now() - timedelta(minutes=5)
     with transaction.atomic():
-        OutboxDrainFlag.objects.filter(pk=1, scheduled=True, scheduled_at__lt=stale).update(
-            scheduled=False
-        )
+        DISPATCH.reset_if_stale(stale)
         request_dispatch()
     return 1
 
