@@ -1,6 +1,6 @@
 """Operator admin (staff only, unscoped by the middleware). Secrets are write-only here."""
 
-from django.contrib import admin
+from django.contrib import admin, messages
 
 from apps.audit.services import record
 
@@ -79,3 +79,26 @@ class WhatsAppNumberAdmin(SecretsRequiredOnAddMixin, AuditedAdminMixin, admin.Mo
         "credential_error",
     ]
     readonly_fields = ["credential_error"]
+    actions = ["sync_message_templates"]
+
+    @admin.action(description="Sync message templates from Meta")
+    def sync_message_templates(self, request, queryset):
+        # The admin is the top layer, like a view: it may call the conversations service.
+        from apps.conversations.template_sync import sync_templates
+        from apps.whatsapp.graph import GraphError, GraphTransportError
+
+        from .scoping import tenant_scope
+
+        for number in queryset.select_related("tenant"):
+            with tenant_scope(number.tenant_id):
+                try:
+                    result = sync_templates(number, actor=request.user)
+                except (GraphError, GraphTransportError) as exc:
+                    self.message_user(request, f"{number}: {exc}", messages.ERROR)
+                    continue
+            self.message_user(
+                request,
+                f"{number} ({number.tenant}): {result.total} template(s), {result.created} new, "
+                f"{result.updated} updated.",
+                messages.SUCCESS,
+            )
