@@ -45,69 +45,45 @@ def tenant_conversations(request: HttpRequest) -> QuerySet[Conversation]:
     return Conversation.objects.filter(tenant_id=_tenant_id(request))
 
 
-def get_conversation_or_404(request: HttpRequest, pk: object) -> Conversation:
-    conversation = (
-        tenant_conversations(request)
-        .select_related("contact", "number")
-        .filter(pk=_as_uuid(pk))
-        .first()
-    )
-    if conversation is None:
+def _one_or_404(queryset: QuerySet, pk: object, **filters):
+    """The tenant's row with this pk, or the one 404 for 'missing' and 'another tenant's'."""
+    row = queryset.filter(pk=_as_uuid(pk), **filters).first()
+    if row is None:
         raise Http404(NOT_FOUND)
-    return conversation
+    return row
+
+
+def get_conversation_or_404(request: HttpRequest, pk: object) -> Conversation:
+    return _one_or_404(tenant_conversations(request).select_related("contact", "number"), pk)
 
 
 def get_message_or_404(request: HttpRequest, pk: object) -> Message:
-    message = (
-        Message.objects.filter(tenant_id=_tenant_id(request), pk=_as_uuid(pk))
-        .only("id", "conversation_id")
-        .first()
-    )
-    if message is None:
-        raise Http404(NOT_FOUND)
-    return message
+    messages = Message.objects.filter(tenant_id=_tenant_id(request))
+    return _one_or_404(messages.only("id", "conversation_id"), pk)
 
 
 def get_contact_or_404(request: HttpRequest, pk: object) -> Contact:
-    contact = Contact.objects.filter(tenant_id=_tenant_id(request), pk=_as_uuid(pk)).first()
-    if contact is None:
-        raise Http404(NOT_FOUND)
-    return contact
+    return _one_or_404(Contact.objects.filter(tenant_id=_tenant_id(request)), pk)
 
 
 def get_number_or_404(request: HttpRequest, pk: object) -> WhatsAppNumber:
-    number = tenant_numbers(request).filter(pk=_as_uuid(pk)).first()
-    if number is None:
-        raise Http404(NOT_FOUND)
-    return number
+    return _one_or_404(tenant_numbers(request), pk)
 
 
 def get_quotable_message_or_404(request: HttpRequest, conversation: Conversation, pk: object):
     """A message of this conversation (not merely of this tenant) that may be quoted."""
-    message = (
-        Message.objects.filter(
-            tenant_id=_tenant_id(request), conversation=conversation, pk=_as_uuid(pk)
-        )
-        .only("id", "conversation_id", "wamid", "type", "text", "direction")
-        .first()
+    messages = Message.objects.filter(tenant_id=_tenant_id(request)).only(
+        "id", "conversation_id", "wamid", "type", "text", "direction"
     )
-    if message is None:
-        raise Http404(NOT_FOUND)
-    return message
+    return _one_or_404(messages, pk, conversation=conversation)
 
 
 def get_template_or_404(request: HttpRequest, pk: object) -> Template:
-    template = Template.objects.filter(tenant_id=_tenant_id(request), pk=_as_uuid(pk)).first()
-    if template is None:
-        raise Http404(NOT_FOUND)
-    return template
+    return _one_or_404(Template.objects.filter(tenant_id=_tenant_id(request)), pk)
 
 
 def get_keyword_rule_or_404(request: HttpRequest, pk: object) -> KeywordRule:
-    rule = KeywordRule.objects.filter(tenant_id=_tenant_id(request), pk=_as_uuid(pk)).first()
-    if rule is None:
-        raise Http404(NOT_FOUND)
-    return rule
+    return _one_or_404(KeywordRule.objects.filter(tenant_id=_tenant_id(request)), pk)
 
 
 def tenant_memberships(request: HttpRequest) -> QuerySet[Membership]:
