@@ -55,11 +55,6 @@ def window_closes_at(conversation: Conversation) -> datetime | None:
     return conversation.last_inbound_at + CUSTOMER_SERVICE_WINDOW
 
 
-def window_is_open(conversation: Conversation, now: datetime | None = None) -> bool:
-    closes = window_closes_at(conversation)
-    return closes is not None and (now or timezone.now()) < closes
-
-
 def check_send(
     conversation: Conversation,
     *,

@@ -453,10 +453,6 @@ def _attach_wamid(callback_data: str, wamid: str) -> None:
         Message.objects.filter(pk=message_id, **_ATTACHABLE).update(wamid=wamid, **_ATTACHED)
 
 
-def canonical_counts(result: IngestResult) -> dict:
-    return json.loads(json.dumps(dict(result.counts)))
-
-
 # --- Batched ingest ---------------------------------------------------------------------------
 #
 # `ingest_batch` ends in exactly the database state that calling `ingest_event` on each event in
