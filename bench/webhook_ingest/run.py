@@ -2,10 +2,11 @@
 """Benchmark B1 + B2 (shared/reference/performance-targets.md) on PostgreSQL.
 
 (a) Signed-webhook acknowledgement: gunicorn (klaros.wsgi, bench URLconf) with a real qcluster
-    draining; N concurrent clients POST pre-signed ~1.5 KB bodies (3 status : 1 inbound) to the
-    real endpoint and, alternately in the same run, to `/bench/noop` (same server, same
-    middleware, no work). Reports ack rate, p50/p99 and the real/noop ratio, then checks that
-    every acknowledged webhook is a stored, processed journal row and reports the lag.
+    draining; wrk, pinned to one CPU, POSTs pre-signed ~1.3 KB bodies (3 status : 1 inbound)
+    to the real endpoint and, interleaved in the same run, to `/bench/noop` (same server, same
+    middleware, no work) and `/bench/insert` (one raw INSERT, no signature, no ORM). Reports
+    rates, p50/p99 and the ratios to both baselines, then checks that every acknowledged
+    webhook is a stored, processed journal row and reports the lag.
 (b) Drain throughput of a preloaded journal (no worker running): statuses batched as Meta does
     (50 per body) and inbound messages (one per body, as Meta sends them), drained with
     `drain_journal()` (batched, `ingest.ingest_batch`) against the one-event-per-transaction
@@ -20,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import itertools
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -222,76 +222,13 @@ def wait_http(port: int, deadline: float = 30.0) -> None:
     raise RuntimeError("gunicorn did not answer")
 
 
-def load(
-    port: int,
-    path: str,
-    bodies: list[tuple[bytes, str]],
-    clients: int,
-    seconds: float,
-    cursor: itertools.count,
-) -> dict:
-    """`clients` threads POST back to back for `seconds`; each request on a fresh connection
-    (gunicorn sync workers close after each response)."""
-    lock = threading.Lock()
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.monotonic() + seconds
-
-    def client() -> None:
-        nonlocal errors
-        mine: list[float] = []
-        bad = 0
-        while time.monotonic() < deadline:
-            with lock:
-                body, signature = bodies[next(cursor) % len(bodies)]
-            t0 = time.perf_counter()
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-                conn.request(
-                    "POST",
-                    path,
-                    body=body,
-                    headers={"Content-Type": "application/json", "X-Hub-Signature-256": signature},
-                )
-                response = conn.getresponse()
-                response.read()
-                conn.close()
-                ok = response.status == 200
-            except OSError:
-                ok = False
-            mine.append(time.perf_counter() - t0)
-            bad += not ok
-        with lock:
-            latencies.extend(mine)
-            errors += bad
-
-    started = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    latencies.sort()
-    return {
-        "requests": len(latencies),
-        "non_200": errors,
-        "rate": len(latencies) / elapsed,
-        "p50_ms": 1000 * latencies[len(latencies) // 2],
-        "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)],
-    }
-
-
-def bench_ack(args, env: dict, logdir: Path) -> dict:
-    from django.db import connection
-
-    from apps.conversations.models import WebhookEvent, WebhookState
+def presign(count: int) -> list[tuple[bytes, str]]:
+    """~1.5 KB bodies with unique wamids, 3 carrying statuses to 1 carrying an inbound message,
+    each with Meta's signature."""
     from apps.whatsapp.signature import sign_body
 
-    reset_inbox()
-    total = 200_000
     bodies = []
-    for i in range(total):  # ~1.5 KB each, unique wamids; 3 statuses : 1 inbound message
+    for i in range(count):
         if i % 4 == 3:
             body = inbound_body(i, f"1555{i % 5000:07d}", pad=1200)
         else:
@@ -299,10 +236,95 @@ def bench_ack(args, env: dict, logdir: Path) -> dict:
             item["biz_opaque_callback_data"] = "x" * 400
             body = status_body([item, status_item(f"wamid.BENCHACK{i:012d}b", "sent", i)])
         bodies.append((body, sign_body(body, APP_SECRET)))
-        if i >= args.presign:
-            break
-    bodies = bodies[: args.presign]
-    sizes = [len(b) for b, _ in bodies]
+    return bodies
+
+
+def write_bodies(bodies: list[tuple[bytes, str]], path: Path) -> None:
+    """One request per line for post.lua: signature, tab, body (Meta's JSON has no newline)."""
+    with path.open("wb") as out:
+        for body, signature in bodies:
+            assert b"\n" not in body and b"\t" not in body
+            out.write(signature.encode() + b"\t" + body + b"\n")
+
+
+WRK_LATENCY = {"50%": "p50_ms", "75%": "p75_ms", "90%": "p90_ms", "99%": "p99_ms"}
+
+
+def _ms(text: str) -> float:
+    for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0), ("m", 60_000.0)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * factor
+    raise ValueError(text)
+
+
+def wrk_round(args, path: str, bodies_file: Path, start_at: int, seconds: float) -> dict:
+    """One closed-loop wrk round, pinned to the last core (harness rule 6.0), with its CPU."""
+    command = [
+        "wrk",
+        "-t1",
+        f"-c{args.clients}",
+        f"-d{max(1, round(seconds))}s",
+        "--latency",
+        "-s",
+        str(Path(__file__).with_name("post.lua")),
+        f"http://127.0.0.1:{args.port}{path}",
+        "--",
+        str(bodies_file),
+        str(start_at),
+    ]
+    if args.pin is not None:
+        command = ["taskset", "-c", str(args.pin), *command]
+    before = os.times()
+    out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    after = os.times()
+    result: dict = {"non_200": 0, "socket_errors": 0}
+    for line in out.splitlines():
+        words = line.split()
+        if not words:
+            continue
+        if words[0] in WRK_LATENCY and len(words) == 2:
+            result[WRK_LATENCY[words[0]]] = _ms(words[1])
+        elif words[0] == "Requests/sec:":
+            result["rate"] = float(words[1])
+        elif len(words) > 2 and words[1] == "requests" and words[2] == "in":
+            result["requests"] = int(words[0])
+        elif words[0] == "issued":
+            result["issued"] = int(words[1])
+        elif line.strip().startswith("Non-2xx"):
+            result["non_200"] = int(words[-1])
+        elif words[0] == "Socket" and words[1] == "errors:":
+            result["socket_errors"] = sum(int(w.strip(",")) for w in words[3::2])
+    loadgen_cpu = (after.children_user + after.children_system) - (
+        before.children_user + before.children_system
+    )
+    result["loadgen_cpu_share"] = loadgen_cpu / seconds
+    return result
+
+
+BASELINES = ("/bench/noop", "/bench/insert")
+# The /bench/insert baseline's table (bench/webhook_ingest/urls.py): one raw INSERT per request.
+BENCH_INSERT_TABLE = (
+    "CREATE TABLE IF NOT EXISTS bench_insert"
+    " (id bigserial PRIMARY KEY, body bytea NOT NULL, received_at timestamptz NOT NULL)"
+)
+WEBHOOK = "/webhooks/whatsapp/"
+
+
+def bench_ack(args, env: dict, logdir: Path) -> dict:
+    from django.db import connection
+
+    from apps.conversations.models import WebhookEvent, WebhookState
+
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
+    reset_inbox()
+    with connection.cursor() as cursor:
+        cursor.execute(BENCH_INSERT_TABLE)
+        cursor.execute("TRUNCATE bench_insert")
+    bodies = presign(args.presign)
+    bodies_file = logdir / "bodies.txt"
+    write_bodies(bodies, bodies_file)
+    sizes = sorted(len(b) for b, _ in bodies)
     worker = start([sys.executable, "manage.py", "qcluster"], env, logdir / "qcluster.log")
     server = start(
         [
@@ -312,37 +334,29 @@ def bench_ack(args, env: dict, logdir: Path) -> dict:
             str(args.workers),
             "-b",
             f"127.0.0.1:{args.port}",
-            "--access-logfile",
-            "-",
             "--log-level",
             "warning",
-            "--access-logformat",
-            "",
         ],
         env,
         logdir / "gunicorn.log",
     )
-    noop_noise = [(b, s) for b, s in bodies[:100]]
+    rounds: dict[str, list[dict]] = {path: [] for path in (*BASELINES, WEBHOOK)}
+    issued = 0
     try:
         wait_http(args.port)
-        cursor = itertools.count()
-        load(args.port, "/webhooks/whatsapp/", bodies, args.clients, args.warmup, cursor)
-        rounds = {"noop": [], "webhook": []}
+        # Warm-up on the real endpoint: its bodies are journaled and drained like the rest.
+        warm = wrk_round(args, WEBHOOK, bodies_file, issued, args.warmup)
+        issued += warm["issued"]
+        acknowledged = warm["requests"] - warm["non_200"]
         for _ in range(args.repeat):
-            rounds["noop"].append(
-                load(
-                    args.port,
-                    "/bench/noop",
-                    noop_noise,
-                    args.clients,
-                    args.seconds,
-                    itertools.count(),
-                )
-            )
-            rounds["webhook"].append(
-                load(args.port, "/webhooks/whatsapp/", bodies, args.clients, args.seconds, cursor)
-            )
-        sent = next(cursor)
+            for path in rounds:
+                result = wrk_round(args, path, bodies_file, issued, args.seconds)
+                rounds[path].append(result)
+                if path == WEBHOOK:
+                    issued += result["issued"]
+                    acknowledged += result["requests"] - result["non_200"]
+        if issued > len(bodies):
+            raise SystemExit(f"{issued} requests need more pre-signed bodies: raise --presign")
         # Every acknowledged webhook must be a journal row, drained by the worker.
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
@@ -362,28 +376,37 @@ def bench_ack(args, env: dict, logdir: Path) -> dict:
         stop(server)
         stop(worker)
 
-    def median(kind: str, key: str) -> float:
-        return statistics.median(r[key] for r in rounds[kind])
+    def median(path: str, key: str) -> float:
+        return statistics.median(r[key] for r in rounds[path])
+
+    def cv(path: str) -> float:
+        rates = [r["rate"] for r in rounds[path]]
+        return statistics.pstdev(rates) / statistics.mean(rates) if len(rates) > 1 else 0.0
 
     result = {
-        "clients": args.clients,
+        "loadgen": f"wrk -t1 -c{args.clients}, pinned to cpu {args.pin}",
         "gunicorn_workers": args.workers,
-        "body_bytes_median": statistics.median(sizes),
+        "body_bytes_median": sizes[len(sizes) // 2],
         "rounds": rounds,
-        "noop_rate": median("noop", "rate"),
-        "webhook_rate": median("webhook", "rate"),
-        "noop_p50_ms": median("noop", "p50_ms"),
-        "noop_p99_ms": median("noop", "p99_ms"),
-        "webhook_p50_ms": median("webhook", "p50_ms"),
-        "webhook_p99_ms": median("webhook", "p99_ms"),
-        "webhook_non_200": sum(r["non_200"] for r in rounds["webhook"]),
-        "requests_sent": sent,
+        "webhook_non_200": sum(r["non_200"] for r in rounds[WEBHOOK]) + warm["non_200"],
+        "webhook_socket_errors": sum(r["socket_errors"] for r in rounds[WEBHOOK]),
+        "acknowledged": acknowledged,
+        "issued": issued,
         "journal_rows": rows,
         "unprocessed_after_drain": left,
         "lag_p50_s": lag50.total_seconds() if lag50 else None,
         "lag_p99_s": lag99.total_seconds() if lag99 else None,
     }
-    result["ratio"] = result["webhook_rate"] / result["noop_rate"]
+    for path in rounds:
+        name = path.strip("/").replace("/", "_")
+        for key in ("rate", "p50_ms", "p99_ms", "loadgen_cpu_share"):
+            result[f"{name}_{key}"] = median(path, key)
+        result[f"{name}_rate_cv"] = cv(path)
+    result["ratio"] = result["webhooks_whatsapp_rate"] / result["bench_noop_rate"]
+    result["ratio_to_insert"] = result["webhooks_whatsapp_rate"] / result["bench_insert_rate"]
+    # Zero loss: every acknowledged webhook is a row; rows beyond that are requests still in
+    # flight when a wrk round stopped (sent, journaled, their 200 not counted).
+    result["zero_loss"] = acknowledged <= rows <= issued
     return result
 
 
@@ -643,11 +666,17 @@ def main() -> None:
     parser.add_argument("--part", choices=["ack", "drain", "all"], default="all")
     parser.add_argument("--port", type=int, default=8791)
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
-    parser.add_argument("--clients", type=int, default=8, help="concurrent load clients")
+    parser.add_argument("--clients", type=int, default=8, help="wrk connections")
+    parser.add_argument(
+        "--pin",
+        type=int,
+        default=(os.cpu_count() or 1) - 1,
+        help="CPU to pin wrk to (harness rule: the load generator on one core)",
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="per measured round")
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--presign", type=int, default=40_000)
+    parser.add_argument("--presign", type=int, default=60_000)
     parser.add_argument("--statuses", type=int, default=20_000)
     parser.add_argument("--per-body", type=int, default=50)
     parser.add_argument("--inbound", type=int, default=5_000)
