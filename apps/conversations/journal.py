@@ -17,13 +17,14 @@ import time
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from apps.tenants.models import MetaApp
 
 from . import ingest
+from .compiled import CompiledInsert
 from .ingest import (
     NumberDirectory,
     ingest_batch,
@@ -38,26 +39,83 @@ logger = logging.getLogger(__name__)
 
 DRAIN_TASK = "apps.conversations.tasks.drain_webhook_journal"
 MAX_BACKOFF = timedelta(hours=1)
+# How long a lingering drain waits before it looks for new rows again. Under a steady stream
+# this sets the batch size (rows that arrive meanwhile are claimed together), so it trades
+# drain CPU for lag: at 0.05 s a 300 webhooks/s stream came in batches of ~15 and the drain
+# cost twice the worker and database CPU per webhook of 0.25 s batches, which add at most a
+# quarter second to the ingest lag.
+DRAIN_POLL_SECONDS = 0.25
 
 
 def journal_webhook(app: MetaApp, body: bytes) -> WebhookEvent:
     """Commit a verified body to the journal, then make sure a drain is scheduled.
 
     The row is inserted on its own (committed when this returns, outside any caller
-    transaction) and the drain flag is read only after that commit: a drain that is just
-    clearing the flag then necessarily sees the row in its final check, so no row is stranded.
-    It is also two round trips instead of BEGIN/INSERT/SELECT/COMMIT on the hot path. A failure
-    to schedule after the commit is logged, not raised: the row is durable and the periodic
-    sweep schedules its drain.
+    transaction). No row may be stranded by a drain that is just ending: the drain clears its
+    flag, then checks the journal once more, so the webhook must read the flag in a way that
+    sees that clear whenever the drain's check could have missed the row:
+
+    * on PostgreSQL the flag is read in the INSERT statement itself (one round trip per
+      webhook). The drain's final check first takes a SHARE lock on the journal table, which
+      waits for every INSERT in flight. An INSERT whose snapshot predates the clear therefore
+      commits before that check, which sees its row; any later INSERT sees the cleared flag;
+    * elsewhere the flag is read after the commit (two round trips).
+
+    Both statements are compiled once per process (`compiled.py`). A failure to schedule after
+    the commit is logged, not raised: the row is durable and the periodic sweep schedules its
+    drain.
     """
-    event = WebhookEvent.objects.create(app=app, body=body)
+    if connection.vendor == "postgresql":
+        event, (flag,) = _insert_event(_INSERT_READING_FLAG, app, body)
+        scheduled = bool(flag)  # NULL: no flag row yet
+    else:
+        event, _ = _insert_event(_INSERT_EVENT, app, body)
+        scheduled = None
     try:
-        if not DRAIN.is_scheduled():
+        if scheduled is None:
+            scheduled = DRAIN.is_scheduled()
+        if not scheduled:
             with transaction.atomic():
                 request_drain()
     except DatabaseError:
         logger.exception("webhook #%s journaled, but its drain could not be scheduled", event.pk)
     return event
+
+
+def _drain_flag_subquery(connection) -> str:
+    qn = connection.ops.quote_name
+    meta = JournalDrainFlag._meta
+    scheduled = meta.get_field("scheduled").column
+    # Quoted names from the model's own metadata; no value is interpolated.
+    table, pk = qn(meta.db_table), qn(meta.pk.column)
+    return f"(SELECT {qn(scheduled)} FROM {table} WHERE {pk} = 1)"  # noqa: S608
+
+
+_INSERT_EVENT = CompiledInsert(WebhookEvent)
+_INSERT_READING_FLAG = CompiledInsert(WebhookEvent, also_return=_drain_flag_subquery)
+
+
+def _insert_event(insert: CompiledInsert, app: MetaApp, body: bytes):
+    """The journal INSERT doubles as the check that the persistent connection still works.
+
+    With CONN_HEALTH_CHECKS, Django would first send `SELECT 1` on a reused connection: one more
+    round trip on every webhook. Here the INSERT is sent straight away; if the connection died
+    while idle (a database restart), which is what the check would have found, it is reopened
+    and the INSERT sent once more. Had the first INSERT committed after all, the journal holds
+    the body twice, which ingest treats like any duplicate delivery from Meta.
+    """
+    if connection.in_atomic_block or not connection.health_check_enabled:
+        return insert.create(app=app, body=body)
+    fresh = connection.connection is None
+    connection.health_check_done = True
+    try:
+        return insert.create(app=app, body=body)
+    except (InterfaceError, OperationalError):
+        if fresh:
+            raise
+        logger.warning("journal: the database connection was lost; reconnecting once")
+        connection.close()
+    return insert.create(app=app, body=body)
 
 
 DRAIN = CoalescedTask(JournalDrainFlag, DRAIN_TASK, group="webhook-drain", label="journal drain")
@@ -227,17 +285,29 @@ def drain_journal(
         idle_since = idle_since or now
         if now - idle_since >= linger:
             break
-        time.sleep(0.05)
+        time.sleep(DRAIN_POLL_SECONDS)
     else:
         with transaction.atomic():
             DRAIN.clear()
             request_drain()  # more work left: continue in a fresh task
         return total
     DRAIN.clear()
-    if WebhookEvent.objects.filter(_claimable(timezone.now())).exists():
+    if _work_left_after_clearing():
         with transaction.atomic():
             request_drain()
     return total
+
+
+def _work_left_after_clearing() -> bool:
+    """The final check of an ending drain, after its flag was cleared (see `journal_webhook`:
+    on PostgreSQL, wait for the journal INSERTs in flight, which may have read the flag before
+    it was cleared, to commit)."""
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                table = connection.ops.quote_name(WebhookEvent._meta.db_table)
+                cursor.execute(f"LOCK TABLE {table} IN SHARE MODE")
+        return WebhookEvent.objects.filter(_claimable(timezone.now())).exists()
 
 
 def replay_quarantined(ids: list[int] | None = None) -> int:

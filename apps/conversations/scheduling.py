@@ -14,6 +14,8 @@ from datetime import datetime
 from django.db import models, transaction
 from django.utils import timezone
 
+from .compiled import CompiledExists
+
 logger = logging.getLogger(__name__)
 
 
@@ -23,9 +25,13 @@ class CoalescedTask:
         self.task = task
         self.group = group
         self.label = label
+        self._scheduled = CompiledExists(
+            lambda: self.flag_model.objects.filter(pk=1, scheduled=True)
+        )
 
     def is_scheduled(self) -> bool:
-        return self.flag_model.objects.filter(pk=1, scheduled=True).exists()
+        # Read on every webhook: compiled once, not rebuilt by the ORM each time.
+        return self._scheduled()
 
     def request(self) -> None:
         """Schedule the task unless it already is (inside the caller's transaction; the task is

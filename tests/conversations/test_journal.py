@@ -309,3 +309,65 @@ def test_it_does_not_replay_from_the_admin_for_a_non_operator(client, acme):
     )
     assert response.status_code in (302, 403, 404)
     assert WebhookEvent.objects.get().state == WebhookState.QUARANTINED
+
+
+# --- An ending drain never strands a row (journal_webhook's flag read) ------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_ending_drain_waits_for_an_insert_that_read_the_flag_before_it_was_cleared(acme):
+    """On PostgreSQL the webhook reads the drain flag inside its INSERT. An INSERT that read
+    "scheduled" just before the drain cleared the flag commits after it: the drain's final
+    check waits for that INSERT (SHARE lock on the journal) and then sees its row."""
+    import threading
+
+    import psycopg
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite reads the flag after the commit, in a second statement")
+    JournalDrainFlag.objects.update_or_create(pk=1, defaults={"scheduled": True})
+    from apps.tenants.models import MetaApp
+
+    app_pk = str(MetaApp.objects.get(app_id=acme.app_id).pk)
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    with psycopg.connect(**params) as webhook:  # a webhook's INSERT, in flight
+        [(scheduled,)] = webhook.execute(
+            "INSERT INTO conversations_webhookevent"
+            " (app_id, body, received_at, state, attempts, reason, counts)"
+            " VALUES (%s, %s, now(), 'pending', 0, '', '{}')"
+            " RETURNING (SELECT scheduled FROM conversations_journaldrainflag WHERE id = 1)",
+            [app_pk, b"{}"],
+        ).fetchall()
+        assert scheduled is True  # so this webhook will not schedule a drain
+
+        journal.DRAIN.clear()  # the drain ends...
+        outcome = {}
+
+        def final_check():
+            try:
+                outcome["work_left"] = journal._work_left_after_clearing()
+            finally:
+                from django.db import connection as thread_connection
+
+                thread_connection.close()
+
+        checker = threading.Thread(target=final_check)
+        checker.start()
+        checker.join(timeout=0.5)
+        assert checker.is_alive()  # ...and its check waits for the INSERT in flight
+        webhook.commit()
+    checker.join(timeout=10)
+    assert outcome == {"work_left": True}  # so it schedules another drain itself
+
+
+def test_a_webhook_schedules_a_drain_when_the_flag_row_does_not_exist_yet(
+    client, acme, django_capture_on_commit_callbacks
+):
+    JournalDrainFlag.objects.all().delete()
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        post(client, acme, "first ever")
+    assert len(callbacks) == 1
+    assert messages_of(acme) == ["first ever"]

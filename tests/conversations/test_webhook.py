@@ -319,15 +319,85 @@ def test_it_fails_closed_with_5xx_when_no_app_is_configured(client, db):
     assert journal_count() == 0
 
 
-def test_it_answers_503_and_stores_nothing_when_the_journal_insert_fails(client, acme, monkeypatch):
-    def broken_create(*args, **kwargs):
+def _refuse_journal_inserts(execute, sql, params, many, context):
+    if sql.startswith("INSERT") and WebhookEvent._meta.db_table in sql:
         raise OperationalError("could not connect to server")
+    return execute(sql, params, many, context)
 
-    monkeypatch.setattr(WebhookEvent.objects, "create", broken_create)
-    response = post_signed(client, _valid_body(acme), acme.credentials.app_secret)
+
+def test_it_answers_503_and_stores_nothing_when_the_journal_insert_fails(client, acme):
+    with connection.execute_wrapper(_refuse_journal_inserts):
+        response = post_signed(client, _valid_body(acme), acme.credentials.app_secret)
     assert response.status_code == 503
-    monkeypatch.undo()
     assert journal_count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_outside_a_transaction_a_failing_insert_is_tried_once_more_then_answers_503(client, acme):
+    post_signed(client, _valid_body(acme), acme.credentials.app_secret)  # connection in use
+    if not connection.health_check_enabled:
+        pytest.skip("no CONN_HEALTH_CHECKS on SQLite: a file connection is not lost while idle")
+    tried = []
+
+    def refuse(execute, sql, params, many, context):
+        if sql.startswith("INSERT") and WebhookEvent._meta.db_table in sql:
+            tried.append(sql)
+        return _refuse_journal_inserts(execute, sql, params, many, context)
+
+    connection.health_check_done = False  # as at the start of a new request
+    with connection.execute_wrapper(refuse):
+        response = post_signed(client, _valid_body(acme), acme.credentials.app_secret)
+    assert response.status_code == 503
+    assert len(tried) == 2
+    assert journal_count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_healthy_persistent_connection_costs_one_round_trip_on_postgresql(client, acme):
+    """The journal INSERT is the connection check (no `SELECT 1` first) and, on PostgreSQL,
+    reads the drain flag too; elsewhere the flag is read after the commit."""
+    from django.test.utils import CaptureQueriesContext
+
+    from apps.conversations.models import JournalDrainFlag
+
+    body = _valid_body(acme)
+    post_signed(client, body, acme.credentials.app_secret)  # warm: connection and app secrets
+    JournalDrainFlag.objects.update_or_create(pk=1, defaults={"scheduled": True})  # a drain runs
+    connection.health_check_done = False  # as at the start of a new request
+    with CaptureQueriesContext(connection) as queries:
+        assert post_signed(client, body, acme.credentials.app_secret).status_code == 200
+    statements = [q["sql"] for q in queries.captured_queries]
+    if connection.vendor == "postgresql":  # the flag is read by the INSERT itself
+        assert len(statements) == 1, statements
+        assert statements[0].startswith("INSERT") and "drainflag" in statements[0]
+    else:
+        assert len(statements) == 2, statements
+        assert statements[0].startswith("INSERT")
+        assert "drain" in statements[1] and statements[1].startswith("SELECT")
+    assert journal_count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_lost_while_idle_costs_no_webhook(client, acme):
+    """A database restart kills the idle persistent connection. The next webhook reconnects
+    and is journaled (Django's `SELECT 1` health check is not sent on this path)."""
+    if connection.vendor != "postgresql":
+        pytest.skip("terminating a server backend needs PostgreSQL")
+    import psycopg
+
+    body = _valid_body(acme)
+    assert post_signed(client, body, acme.credentials.app_secret).status_code == 200
+    pid = connection.connection.info.backend_pid
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    with psycopg.connect(**params, autocommit=True) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", [pid])
+    connection.health_check_done = False  # as at the start of a new request
+    response = post_signed(client, body, acme.credentials.app_secret)
+    assert response.status_code == 200
+    assert connection.connection.info.backend_pid != pid
+    assert journal_count() == 2
 
 
 def test_it_keeps_the_committed_row_and_answers_200_when_scheduling_the_drain_fails(

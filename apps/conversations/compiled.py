@@ -1,0 +1,92 @@
+"""Statements compiled by the ORM once per database and reused: for the webhook's hot path.
+
+Every webhook Meta sends costs one journal INSERT and one read of the drain flag. Through
+`Model.objects.create()` and `.exists()` the ORM builds, resolves and compiles the same SQL on
+every request, which cost more CPU than everything else in the request together. These helpers
+let Django compile the statement once (same SQL, columns, defaults and value conversions as the
+ORM call they replace) and then only bind fresh values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.db import connections, models
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models.sql.subqueries import InsertQuery
+
+
+class CompiledInsert:
+    """`model.objects.create(**values)` for one model, compiled once per database alias.
+
+    The row is built as a model instance (defaults, `auto_now_add`, the conversions of
+    `get_db_prep_save`) and inserted with the INSERT ... RETURNING that `create()` would send;
+    the instance gets its primary key. `also_return(connection)` may add SQL expressions to the
+    RETURNING clause (evaluated in the same statement); their values are returned with the
+    instance. No signals are sent: use it only for models without save signal receivers.
+    """
+
+    def __init__(
+        self,
+        model: type[models.Model],
+        *,
+        also_return: Callable[[BaseDatabaseWrapper], str] | None = None,
+    ):
+        self.model = model
+        self.also_return = also_return
+        meta = model._meta
+        self.fields = [
+            field
+            for field in meta.local_concrete_fields
+            if not field.generated and field is not meta.auto_field
+        ]
+        self._sql: dict[str, str] = {}
+
+    def _compile(self, obj: models.Model, using: str) -> str:
+        query = InsertQuery(self.model)
+        query.insert_values(self.fields, [obj])
+        compiler = query.get_compiler(using=using)
+        compiler.returning_fields = [self.model._meta.pk]
+        [(sql, _params)] = compiler.as_sql()
+        if self.also_return is not None:
+            if " RETURNING " not in sql:
+                raise NotImplementedError(f"{compiler.connection.vendor} has no INSERT RETURNING")
+            sql = f"{sql}, {self.also_return(compiler.connection)}"
+        return sql
+
+    def create(self, using: str = "default", **values) -> tuple[models.Model, tuple]:
+        connection = connections[using]
+        obj = self.model(**values)
+        params = [
+            field.get_db_prep_save(field.pre_save(obj, True), connection=connection)
+            for field in self.fields
+        ]
+        sql = self._sql.get(using)
+        if sql is None:
+            sql = self._sql[using] = self._compile(obj, using)
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            [returned] = connection.ops.fetch_returned_insert_rows(cursor)
+        obj.pk = returned[0]
+        obj._state.adding = False
+        obj._state.db = using
+        return obj, tuple(returned[1:])
+
+
+class CompiledExists:
+    """`queryset.exists()` for a queryset without parameters that change, compiled once per
+    database alias (the queryset is built lazily, on first use)."""
+
+    def __init__(self, build_queryset):
+        self.build_queryset = build_queryset
+        self._sql: dict[str, tuple[str, tuple]] = {}
+
+    def __call__(self, using: str = "default") -> bool:
+        compiled = self._sql.get(using)
+        if compiled is None:
+            query = self.build_queryset().using(using).query.exists(limit=True)
+            compiled = self._sql[using] = query.get_compiler(using=using).as_sql()
+        sql, params = compiled
+        with connections[using].cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchone() is not None
