@@ -20,6 +20,7 @@ from datetime import datetime
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Case, F, Q, Value, When
 from django.db.models.functions import Coalesce, Greatest
+from django.utils import timezone
 
 from apps.tenants.models import WhatsAppNumber
 from apps.tenants.scoping import tenant_scope, unscoped
@@ -233,7 +234,9 @@ def _identity(
     return wa_id, user_id, name, username
 
 
-def _profile_updates(contact: Contact, wa_id: str, user_id: str, name: str, username: str) -> dict:
+def _profile_updates(
+    contact: Contact | _Contact, wa_id: str, user_id: str, name: str, username: str
+) -> dict:
     updates = {}
     if user_id and not contact.user_id:
         updates["user_id"] = user_id
@@ -344,6 +347,18 @@ def _inbound_row(
 ) -> tuple[Message, str]:
     """The unsaved Message row for an inbound message (its UUID pk already assigned here) and
     its preview."""
+    values, preview = _inbound_values(message)
+    row = Message(tenant_id=number.tenant_id, conversation=conversation, **_INBOUND, **values)
+    return row, preview
+
+
+# The fields every inbound message has in common.
+_INBOUND = {"direction": Direction.INBOUND, "status": MessageStatus.RECEIVED}
+
+
+def _inbound_values(message: InboundMessage) -> tuple[dict, str]:
+    """The fields of an inbound message's row that come from the message (all but tenant,
+    conversation, `_INBOUND` and the defaults), and its preview."""
     context = message.context
     content = dict(message.content)
     if message.errors:
@@ -352,25 +367,21 @@ def _inbound_row(
         content["_referred_product"] = context.referred_product
     first_error = message.errors[0] if message.errors else None
     preview = message_preview(message)
-    row = Message(
-        tenant_id=number.tenant_id,
-        conversation=conversation,
-        direction=Direction.INBOUND,
-        wamid=message.wamid,
-        type=message.type,
-        content=content,
-        text=preview,
-        status=MessageStatus.RECEIVED,
-        sent_at=message.timestamp,
-        context_wamid=(context.quoted_wamid or "") if context else "",
-        forwarded=bool(context and context.forwarded),
-        frequently_forwarded=bool(context and context.frequently_forwarded),
-        referral=message.referral,
-        error_code=first_error.code if first_error else None,
-        error_title=(first_error.title or "")[:300] if first_error else "",
-        error_details=first_error.details if first_error else "",
-    )
-    return row, preview
+    values = {
+        "wamid": message.wamid,
+        "type": message.type,
+        "content": content,
+        "text": preview,
+        "sent_at": message.timestamp,
+        "context_wamid": (context.quoted_wamid or "") if context else "",
+        "forwarded": bool(context and context.forwarded),
+        "frequently_forwarded": bool(context and context.frequently_forwarded),
+        "referral": message.referral,
+        "error_code": first_error.code if first_error else None,
+        "error_title": (first_error.title or "")[:300] if first_error else "",
+        "error_details": first_error.details if first_error else "",
+    }
+    return values, preview
 
 
 def _touch_conversation(conversation: Conversation, at: datetime, preview: str) -> None:
@@ -418,16 +429,19 @@ def apply_status(number: WhatsAppNumber, status: StatusUpdate) -> int:
 
 
 def _status_event_row(number: WhatsAppNumber, status: StatusUpdate) -> StatusEvent:
-    return StatusEvent(
-        tenant_id=number.tenant_id,
-        wamid=status.wamid,
-        status=status.status,
-        occurred_at=status.timestamp,
-        recipient_id=status.recipient_id or status.recipient_user_id or "",
-        pricing=status.pricing,
-        errors=[e.raw for e in status.errors],
-        biz_opaque_callback_data=(status.biz_opaque_callback_data or "")[:512],
-    )
+    return StatusEvent(tenant_id=number.tenant_id, **_status_event_values(status))
+
+
+def _status_event_values(status: StatusUpdate) -> dict:
+    return {
+        "wamid": status.wamid,
+        "status": status.status,
+        "occurred_at": status.timestamp,
+        "recipient_id": status.recipient_id or status.recipient_user_id or "",
+        "pricing": status.pricing,
+        "errors": [e.raw for e in status.errors],
+        "biz_opaque_callback_data": (status.biz_opaque_callback_data or "")[:512],
+    }
 
 
 # An outbound message still waiting for Meta's answer: the only kind a wamid is attached to.
@@ -462,10 +476,12 @@ def _attach_wamid(callback_data: str, wamid: str) -> None:
 # * inbound: one SELECT of the contacts named anywhere in the batch, upserts replayed in memory
 #   in order (the same lookup, identifier and profile rules as `upsert_contact`), one INSERT of
 #   the new contacts, one SELECT + one INSERT for conversations, one SELECT of the wamids
-#   already stored, one INSERT ... ON CONFLICT DO NOTHING of the other messages, one SELECT
-#   telling which of them were inserted, one UPDATE of the
+#   already stored, one INSERT ... ON CONFLICT DO NOTHING of the other messages returning
+#   those it inserted (elsewhere than on PostgreSQL, a SELECT of their pks), one UPDATE of the
 #   touched conversations (the same SQL expressions as `_touch_conversation`, aggregated; on
-#   PostgreSQL one statement, elsewhere one per conversation);
+#   PostgreSQL one statement, elsewhere one per conversation). Contacts, conversations and
+#   messages are handled as values, not model instances; on PostgreSQL the rows of each INSERT
+#   and of the UPDATE travel as one JSON parameter (see `_insert`);
 # * statuses: one INSERT ... ON CONFLICT DO NOTHING of the status events, one forward-only
 #   UPDATE per target status over `wamid IN (...)` (forward-only updates commute: the result is
 #   the highest rank, whatever the order), one pricing UPDATE per distinct pricing object (the
@@ -493,16 +509,30 @@ def needs_per_event_path(notification: Notification) -> bool:
     )
 
 
-@dataclass
+@dataclass(slots=True)
 class _Inbound:
     number: WhatsAppNumber
     message: InboundMessage
     profile: ContactProfile | None
     result: IngestResult
-    contact: Contact | None = None
-    conversation: Conversation | None = None
-    row: Message | None = None  # only the first occurrence of a wamid in the batch has a row
+    contact: _Contact | None = None
+    conversation: uuid.UUID | None = None  # its pk
+    pk: uuid.UUID | None = None  # only the first occurrence of a wamid in the batch has a row
+    values: dict | None = None  # `_inbound_values` of that first occurrence
     preview: str = ""
+    new: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class _Contact:
+    """What the batch needs of a contact to replay `upsert_contact` (full rows are loaded only
+    for the rare consent keyword)."""
+
+    pk: uuid.UUID
+    wa_id: str
+    user_id: str
+    profile_name: str
+    username: str
     new: bool = False
 
 
@@ -575,41 +605,49 @@ def _ingest_inbound_batch(tenant_id: uuid.UUID, items: list[_Inbound]) -> None:
     first: set[str] = set()
     for chunk in _chunks(wamids):
         first.update(Message.objects.filter(wamid__in=chunk).values_list("wamid", flat=True))
-    rows: list[Message] = []
+    rows: list[dict] = []
     for item in items:
         if item.message.wamid in first:
             continue  # stored, or a duplicate inside the batch
         first.add(item.message.wamid)
-        item.row, item.preview = _inbound_row(item.number, item.conversation, item.message)
-        rows.append(item.row)
+        item.values, item.preview = _inbound_values(item.message)
+        item.pk = uuid.uuid4()
+        rows.append({"id": item.pk, "conversation_id": item.conversation, **item.values})
     # ON CONFLICT DO NOTHING: a message already stored (a Meta retry, a journal replay) is
     # skipped by the unique (tenant, wamid) index, exactly like the IntegrityError one by one.
-    # The pks are UUIDs generated here, so re-reading them tells which rows *this* batch
+    # The pks are UUIDs generated here, so the pks inserted tell which rows *this* batch
     # inserted. If another drain inserts the same wamid concurrently (two journal rows carrying
     # one message, claimed by two workers), PostgreSQL makes the second INSERT wait for the
     # first transaction: if it commits, the second row is skipped and counted as a duplicate
     # (no unread increment, no keyword hook); if it rolls back, the second row is inserted.
     # Either way the message exists once and its conversation counts it once.
-    if rows:
-        Message.objects.bulk_create(rows, ignore_conflicts=True, batch_size=_INSERT_CHUNK)
-    inserted: set[uuid.UUID] = set()
-    for chunk in _chunks([row.pk for row in rows]):
-        inserted.update(Message.objects.filter(pk__in=chunk).values_list("pk", flat=True))
+    inserted = _insert(
+        Message, rows, {"tenant_id": tenant_id, **_INBOUND}, ignore_conflicts=True, returning=True
+    )
 
     rules = None
     keyword_conversations: set[uuid.UUID] = set()
     for item in items:
-        item.new = item.row is not None and item.row.pk in inserted
+        item.new = item.pk is not None and item.pk in inserted
         item.result.counts["messages_new" if item.new else "messages_duplicate"] += 1
-        if item.new:
-            register_media_of(item.number, item.row)
-        if item.new and item.message.type in ("text", "button"):
+        if item.new and item.values["type"] in ("text", "button"):
             if rules is None:
                 from apps.consent.services import load_keyword_rules
 
                 rules = load_keyword_rules()
-            if _keyword_of(item.row, rules) is not None:
-                keyword_conversations.add(item.conversation.pk)
+            if _keyword_of(item.values["type"], item.values["content"], rules) is not None:
+                keyword_conversations.add(item.conversation)
+
+    # The hooks take model instances: the rows of new media messages and of conversations with
+    # a keyword message are built from their values; those conversations and their contacts
+    # are read (as they were before this batch touched them).
+    for item in items:
+        if item.new and item.values["type"] in MEDIA_TYPES:
+            register_media_of(item.number, _stored_row(tenant_id, item))
+    keyed = [item for item in items if item.new and item.conversation in keyword_conversations]
+    if keyed:
+        conversations = Conversation.objects.in_bulk(list(keyword_conversations))
+        contacts = Contact.objects.in_bulk(list({item.contact.pk for item in keyed}))
 
     # Conversations without a keyword message: one aggregated touch. Applying
     # `_touch_conversation` for messages m1..mk in order ends with last_inbound_at and
@@ -617,12 +655,12 @@ def _ingest_inbound_batch(tenant_id: uuid.UUID, items: list[_Inbound]) -> None:
     # max(t) when max(t) >= the stored last_message_at, and unread_count + k.
     touches: dict[uuid.UUID, list] = {}
     for item in items:
-        if not item.new or item.conversation.pk in keyword_conversations:
+        if not item.new or item.conversation in keyword_conversations:
             continue
         at = item.message.timestamp
-        touch = touches.get(item.conversation.pk)
+        touch = touches.get(item.conversation)
         if touch is None:
-            touches[item.conversation.pk] = [at, item.preview[:200], 1]
+            touches[item.conversation] = [at, item.preview[:200], 1]
             continue
         if at >= touch[0]:
             touch[0], touch[1] = at, item.preview[:200]
@@ -630,10 +668,8 @@ def _ingest_inbound_batch(tenant_id: uuid.UUID, items: list[_Inbound]) -> None:
     _touch_conversations(tenant_id, [(pk, *touch) for pk, touch in touches.items()])
 
     # Conversations with a keyword message: exactly the one-by-one sequence.
-    for item in items:
-        if not item.new or item.conversation.pk not in keyword_conversations:
-            continue
-        conversation = item.conversation
+    for item in keyed:
+        conversation = conversations[item.conversation]
         _touch_conversation(conversation, item.message.timestamp, item.preview[:200])
         conversation.last_inbound_at = max(
             filter(None, [conversation.last_inbound_at, item.message.timestamp])
@@ -642,14 +678,28 @@ def _ingest_inbound_batch(tenant_id: uuid.UUID, items: list[_Inbound]) -> None:
             from .consent_hooks import handle_consent_keyword
 
             conversation.number = item.number
-            conversation.contact = item.contact
-            handle_consent_keyword(conversation, item.row)
+            conversation.contact = contacts[item.contact.pk]
+            handle_consent_keyword(conversation, _stored_row(tenant_id, item))
 
 
-def _keyword_of(row: Message, rules) -> str | None:
+def _stored_row(tenant_id: uuid.UUID, item: _Inbound) -> Message:
+    """The Message instance of an inserted row, as `bulk_create` leaves it."""
+    row = Message(
+        pk=item.pk,
+        tenant_id=tenant_id,
+        conversation_id=item.conversation,
+        **_INBOUND,
+        **item.values,
+    )
+    row._state.adding = False
+    row._state.db = connection.alias
+    return row
+
+
+def _keyword_of(kind: str, content: dict, rules) -> str | None:
     from apps.consent.services import match_keyword
 
-    text = row.content.get("body") if row.type == "text" else row.content.get("text")
+    text = content.get("body") if kind == "text" else content.get("text")
     return match_keyword(text or "", rules)
 
 
@@ -660,26 +710,21 @@ def _resolve_contacts(
     names (any row that could match or collide has one of these identifiers)."""
     wa_ids = sorted({wa_id for wa_id, _, _, _ in identities if wa_id})
     user_ids = sorted({user_id for _, user_id, _, _ in identities if user_id})
-    known: list[Contact] = []
-    for chunk in _chunks(wa_ids):
-        known.extend(Contact.objects.filter(wa_id__in=chunk))
-    for chunk in _chunks(user_ids):
-        known.extend(Contact.objects.filter(user_id__in=chunk))
-    by_wa = {c.wa_id: c for c in known if c.wa_id}
-    by_user = {c.user_id: c for c in known if c.user_id}
-    created: dict[uuid.UUID, Contact] = {}
+    known: dict[uuid.UUID, _Contact] = {}
+    columns = ("pk", "wa_id", "user_id", "profile_name", "username")
+    for lookup, values in (("wa_id__in", wa_ids), ("user_id__in", user_ids)):
+        for chunk in _chunks(values):
+            for row in Contact.objects.filter(**{lookup: chunk}).values_list(*columns):
+                known[row[0]] = _Contact(*row)
+    by_wa = {c.wa_id: c for c in known.values() if c.wa_id}
+    by_user = {c.user_id: c for c in known.values() if c.user_id}
+    created: dict[uuid.UUID, _Contact] = {}
     changed: dict[uuid.UUID, dict] = {}
     for item, (wa_id, user_id, name, username) in zip(items, identities, strict=True):
         contact = by_user.get(user_id) if user_id else None
         contact = contact or (by_wa.get(wa_id) if wa_id else None)
         if contact is None:
-            contact = Contact(
-                tenant_id=tenant_id,
-                wa_id=wa_id,
-                user_id=user_id,
-                profile_name=name[:256],
-                username=username[:100],
-            )
+            contact = _Contact(uuid.uuid4(), wa_id, user_id, name[:256], username[:100], new=True)
             created[contact.pk] = contact
         else:
             updates = _profile_updates(contact, wa_id, user_id, name, username)
@@ -692,7 +737,7 @@ def _resolve_contacts(
                 updates.pop("user_id", None)
             for key, value in updates.items():
                 setattr(contact, key, value)
-            if updates and contact.pk not in created:
+            if updates and not contact.new:
                 changed.setdefault(contact.pk, {}).update(updates)
         if contact.wa_id:
             by_wa.setdefault(contact.wa_id, contact)
@@ -701,43 +746,213 @@ def _resolve_contacts(
         item.contact = contact
     # Plain INSERT: a contact created concurrently by another drain raises IntegrityError and
     # the batch falls back to one by one, whose upsert re-reads it.
-    if created:
-        Contact.objects.bulk_create(list(created.values()), batch_size=_INSERT_CHUNK)
+    _insert(
+        Contact,
+        [
+            {
+                "id": c.pk,
+                "wa_id": c.wa_id,
+                "user_id": c.user_id,
+                "profile_name": c.profile_name,
+                "username": c.username,
+            }
+            for c in created.values()
+        ],
+        {"tenant_id": tenant_id},
+    )
     for pk, updates in changed.items():
         Contact.objects.filter(pk=pk).update(**updates)
 
 
 def _resolve_conversations(tenant_id: uuid.UUID, items: list[_Inbound]) -> None:
     numbers = {item.number.pk for item in items}
-    stored = sorted({item.contact.pk for item in items if not item.contact._state.adding})
-    conversations: dict[tuple, Conversation] = {}
+    stored = sorted({item.contact.pk for item in items if not item.contact.new})
+    conversations: dict[tuple, uuid.UUID] = {}
     for chunk in _chunks(stored):
-        for conversation in Conversation.objects.filter(
+        for pk, number_id, contact_id in Conversation.objects.filter(
             number_id__in=numbers, contact_id__in=chunk
-        ):
-            conversations[(conversation.number_id, conversation.contact_id)] = conversation
+        ).values_list("pk", "number_id", "contact_id"):
+            conversations[(number_id, contact_id)] = pk
     created = []
     for item in items:
         key = (item.number.pk, item.contact.pk)
-        conversation = conversations.get(key)
-        if conversation is None:
-            conversation = Conversation(
-                tenant_id=tenant_id, number=item.number, contact=item.contact
-            )
-            conversations[key] = conversation
-            created.append(conversation)
-        item.conversation = conversation
-    if created:
-        Conversation.objects.bulk_create(created, batch_size=_INSERT_CHUNK)
+        pk = conversations.get(key)
+        if pk is None:
+            pk = conversations[key] = uuid.uuid4()
+            created.append({"id": pk, "number_id": key[0], "contact_id": key[1]})
+        item.conversation = pk
+    _insert(Conversation, created, {"tenant_id": tenant_id})
+
+
+def _insert(
+    model,
+    rows: list[dict],
+    common: dict,
+    *,
+    ignore_conflicts: bool = False,
+    returning: bool = False,
+) -> set[uuid.UUID]:
+    """INSERT rows into `model`'s table as `bulk_create` would: `rows` give fields by attname
+    (the same ones in every row, the pk included), `common` fields shared by every row, and
+    the other fields take their defaults (auto_now fields the time of each row). With
+    `ignore_conflicts` a row hitting a unique index is skipped (ON CONFLICT DO NOTHING); with
+    `returning`, the pks of the rows inserted are returned (else an empty set).
+
+    On PostgreSQL the rows travel as one JSON document, `INSERT ... SELECT FROM
+    jsonb_to_recordset(%s)` per 1,000 rows, the shared values as one parameter each: a short
+    statement with a few parameters instead of one per value. Elsewhere `bulk_create`."""
+    if not rows:
+        return set()
+    if connection.vendor != "postgresql":
+        objs = [model(**common, **row) for row in rows]
+        model.objects.bulk_create(objs, ignore_conflicts=ignore_conflicts, batch_size=_INSERT_CHUNK)
+        inserted: set[uuid.UUID] = set()
+        if returning:
+            for chunk in _chunks([obj.pk for obj in objs]):
+                inserted.update(model.objects.filter(pk__in=chunk).values_list("pk", flat=True))
+        return inserted
+    plan = _insert_plan(model, tuple(rows[0]), tuple(common))
+    shared = [
+        plan.fields[name].get_db_prep_save(common.get(name, default), connection)
+        for name, default in plan.shared
+    ]
+    now = timezone.now
+    inserted = set()
+    for chunk in _chunks(rows, _INSERT_CHUNK):
+        document = []
+        for row in chunk:
+            record = {column: convert(row[name]) for name, column, convert in plan.given}
+            for column in plan.stamped:
+                record[column] = now().isoformat()
+            document.append(record)
+        with connection.cursor() as cursor:
+            sql = plan.sql + (" ON CONFLICT DO NOTHING" if ignore_conflicts else "")
+            if returning:
+                sql += f" RETURNING {plan.pk}"
+            cursor.execute(sql, [*shared, json.dumps(document, separators=(",", ":"))])
+            if returning:
+                inserted.update(pk for (pk,) in cursor.fetchall())
+    return inserted
+
+
+@dataclass(frozen=True)
+class _InsertPlan:
+    fields: dict  # attname → field
+    given: tuple  # (attname, column, JSON conversion) of the fields each row gives
+    stamped: tuple  # columns of auto_now / auto_now_add fields, stamped per row
+    shared: tuple  # (attname, default) of the fields with one value for every row
+    sql: str
+    pk: str  # quoted column
+
+
+_INSERT_PLANS: dict[tuple, _InsertPlan] = {}
+
+
+def _insert_plan(model, given: tuple[str, ...], common: tuple[str, ...]) -> _InsertPlan:
+    key = (model, given, common)
+    plan = _INSERT_PLANS.get(key)
+    if plan is not None:
+        return plan
+    quote = connection.ops.quote_name
+    fields = {f.attname: f for f in model._meta.concrete_fields}
+    stamped, shared = [], []
+    for name, f in fields.items():
+        if name in given or name in common:
+            continue
+        if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False):
+            stamped.append(name)
+        elif f.has_default() and callable(f.default) and f.default not in (dict, list):
+            raise TypeError(f"{model.__name__}.{name}: a per-row default must be given")
+        else:
+            shared.append((name, f.get_default()))
+    shared = [(name, None) for name in common] + shared
+    columns = [*given, *stamped]
+    # Base types without modifiers: a too long value fails the INSERT instead of being cut.
+    types = {name: fields[name].db_type(connection).split("(")[0] for name in fields}
+    insert = ", ".join(quote(fields[name].column) for name in [*(n for n, _ in shared), *columns])
+    select = ", ".join(
+        [f"%s::{types[name]}" for name, _ in shared]
+        + [f"r.{quote(fields[name].column)}" for name in columns]
+    )
+    record = ", ".join(f"{quote(fields[name].column)} {types[name]}" for name in columns)
+    table = quote(model._meta.db_table)
+    # Only quoted identifiers and types from the model are interpolated.
+    sql = (
+        f"INSERT INTO {table} ({insert}) SELECT {select} "  # noqa: S608
+        f"FROM jsonb_to_recordset(%s::jsonb) AS r({record})"
+    )
+    plan = _InsertPlan(
+        fields=fields,
+        given=tuple((name, fields[name].column, _json_form(fields[name])) for name in given),
+        stamped=tuple(fields[name].column for name in stamped),
+        shared=tuple(shared),
+        sql=sql,
+        pk=quote(model._meta.pk.column),
+    )
+    _INSERT_PLANS[key] = plan
+    return plan
+
+
+def _json_form(f):
+    """How a value of field `f` is written into the JSON document of `_insert`."""
+    target = f.target_field if f.is_relation else f
+    kind = target.get_internal_type()
+    if kind == "UUIDField":
+        return _uuid_text
+    if kind == "DateTimeField":
+        return _aware_iso
+    if kind == "JSONField":
+        if f.encoder is not None:
+            raise TypeError(f"{f}: JSON with a custom encoder is not supported")
+        return _same
+    if kind in _PLAIN_JSON:
+        return _same
+    raise TypeError(f"{f}: {kind} is not supported")
+
+
+# Field types whose values are written into JSON as they are (str, bool, int).
+_PLAIN_JSON = frozenset(
+    {
+        "CharField",
+        "TextField",
+        "BooleanField",
+        "IntegerField",
+        "SmallIntegerField",
+        "BigIntegerField",
+        "PositiveIntegerField",
+        "PositiveSmallIntegerField",
+        "PositiveBigIntegerField",
+        "AutoField",
+        "SmallAutoField",
+        "BigAutoField",
+    }
+)
+
+
+def _same(value):
+    return value
+
+
+def _uuid_text(value):
+    return None if value is None else str(value)
+
+
+def _aware_iso(value):
+    if value is None:
+        return None
+    if timezone.is_naive(value):
+        raise ValueError("a naive datetime")  # never here: timestamps are parsed in UTC
+    return value.isoformat()
 
 
 def _touch_conversations(
     tenant_id: uuid.UUID, touches: list[tuple[uuid.UUID, datetime, str, int]]
 ) -> None:
     """`_touch_conversation` for many conversations at once: (pk, latest timestamp, preview of
-    the latest message, number of new messages). On PostgreSQL one `UPDATE ... FROM (VALUES
-    ...)` per 1,000 conversations with the same expressions (every SET expression reads the
-    row as it was, like the ORM's single UPDATE); elsewhere one UPDATE per conversation."""
+    the latest message, number of new messages). On PostgreSQL one `UPDATE ... FROM
+    jsonb_to_recordset(...)` per 1,000 conversations with the same expressions (every SET
+    expression reads the row as it was, like the ORM's single UPDATE); elsewhere one UPDATE per
+    conversation."""
     if not touches:
         return
     if connection.vendor != "postgresql":
@@ -756,26 +971,32 @@ def _touch_conversations(
             "status",
         )
     )
+    # Only quoted identifiers from the model and placeholders are interpolated.
+    sql = (
+        f"UPDATE {table} AS c SET "  # noqa: S608
+        f"{inbound} = GREATEST(COALESCE(c.{inbound}, v.at), v.at), "
+        f"{last_preview} = CASE WHEN c.{last_at} IS NULL OR c.{last_at} <= v.at "
+        f"THEN v.preview ELSE c.{last_preview} END, "
+        f"{last_at} = GREATEST(COALESCE(c.{last_at}, v.at), v.at), "
+        f"{unread} = c.{unread} + v.n, "
+        f"{state} = %s "
+        "FROM jsonb_to_recordset(%s::jsonb) AS v(id uuid, at timestamptz, preview varchar, "
+        "n integer) WHERE c.id = v.id AND c.tenant_id = %s"
+    )
     for chunk in _chunks(touches, 1000):
-        rows = ", ".join(["(%s::uuid, %s::timestamptz, %s::varchar, %s::integer)"] * len(chunk))
-        # Only quoted identifiers from the model and placeholders are interpolated.
-        sql = (
-            f"UPDATE {table} AS c SET "  # noqa: S608
-            f"{inbound} = GREATEST(COALESCE(c.{inbound}, v.at), v.at), "
-            f"{last_preview} = CASE WHEN c.{last_at} IS NULL OR c.{last_at} <= v.at "
-            f"THEN v.preview ELSE c.{last_preview} END, "
-            f"{last_at} = GREATEST(COALESCE(c.{last_at}, v.at), v.at), "
-            f"{unread} = c.{unread} + v.n, "
-            f"{state} = %s "
-            f"FROM (VALUES {rows}) AS v(id, at, preview, n) "
-            "WHERE c.id = v.id AND c.tenant_id = %s"
-        )
-        params: list = [ConversationStatus.OPEN]
-        for pk, at, preview, count in chunk:
-            params += [pk, at, preview, count]
-        params.append(tenant_id)
+        document = [
+            {"id": str(pk), "at": _aware_iso(at), "preview": preview, "n": count}
+            for pk, at, preview, count in chunk
+        ]
         with connection.cursor() as cursor:
-            cursor.execute(sql, params)
+            cursor.execute(
+                sql,
+                [
+                    ConversationStatus.OPEN,
+                    json.dumps(document, separators=(",", ":")),
+                    tenant_id,
+                ],
+            )
 
 
 def _apply_status_batch(items: list[tuple[WhatsAppNumber, StatusUpdate]]) -> None:
@@ -789,10 +1010,11 @@ def _apply_status_batch(items: list[tuple[WhatsAppNumber, StatusUpdate]]) -> Non
     if not known:
         return
     # First (wamid, status) wins, within the statement as against stored rows.
-    StatusEvent.objects.bulk_create(
-        [_status_event_row(number, status) for number, status in known],
+    _insert(
+        StatusEvent,
+        [{"id": uuid.uuid4(), **_status_event_values(status)} for _number, status in known],
+        {"tenant_id": known[0][0].tenant_id},
         ignore_conflicts=True,
-        batch_size=_INSERT_CHUNK,
     )
 
     # Attach wamids by biz_opaque_callback_data (rare: only after a worker crash). One by one,

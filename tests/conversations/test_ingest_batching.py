@@ -36,6 +36,7 @@ from apps.conversations.models import (
     WebhookEvent,
     WebhookState,
 )
+from apps.media.models import MediaObject
 from apps.tenants.scoping import tenant_scope, unscoped
 
 from .payload_builders import (
@@ -44,6 +45,8 @@ from .payload_builders import (
     contact,
     encode,
     entry,
+    every_inbound_type,
+    inbound,
     messages_change,
     meta_error,
     notification,
@@ -65,6 +68,22 @@ def _when(value: datetime | None, started: datetime):
     if value is None:
         return None
     return "NOW" if value >= started else value.isoformat()
+
+
+def _fields(obj, skip: set[str], started: datetime) -> tuple:
+    """Every column of a row but `skip` (pks, wall-clock stamps, foreign keys mapped by the
+    caller), times and JSON made comparable between two runs."""
+    values = []
+    for f in type(obj)._meta.concrete_fields:
+        if f.attname in skip:
+            continue
+        value = getattr(obj, f.attname)
+        if isinstance(value, datetime):
+            value = _when(value, started)
+        elif isinstance(value, dict | list):
+            value = json.dumps(value, sort_keys=True)
+        values.append((f.attname, value))
+    return tuple(values)
 
 
 def canonical_dump(started: datetime, bodies: dict[int, int]) -> dict:
@@ -125,6 +144,21 @@ def canonical_dump(started: datetime, bodies: dict[int, int]) -> dict:
                     )
                 )
                 for m in messages.values()
+            ),
+            # Every other column of inbound rows too (defaults included).
+            "inbound_columns": sorted(
+                repr((message_key(m), _fields(m, {"id", "conversation_id", "created_at"}, started)))
+                for m in messages.values()
+                if m.direction == Direction.INBOUND
+            ),
+            "media": sorted(
+                repr(
+                    (
+                        message_key(messages[o.message_id]) if o.message_id else None,
+                        _fields(o, {"id", "message_id", "created_at"}, started),
+                    )
+                )
+                for o in MediaObject.objects.all()
             ),
             "status_events": sorted(
                 repr(
@@ -409,6 +443,36 @@ def test_a_poison_event_found_only_while_writing_fails_alone(mixed, acme, fallba
     failed = [row for row in dump["journal"] if row[1] == WebhookState.FAILED]
     assert [row[0] for row in failed] == [4, 5]
     assert "names no sender" in failed[0][3] or "names no sender" in failed[1][3]
+
+
+def test_every_inbound_type_and_media_end_exactly_as_one_by_one(acme, bravo, fallbacks):
+    # Each message type (media registered for download, context, referral, errors), content
+    # that is awkward to encode (quotes, backslashes, non-ASCII, floats, nesting), a media
+    # message delivered twice and one without a media id, across two tenants.
+    a, b = app_of(acme), app_of(bravo)
+    messages = [message for _name, message, _expected in every_inbound_type()]
+    for i, message in enumerate(messages):
+        message["from"] = f"155500020{i % 3:02d}"
+    awkward = text(
+        'a "quoted" \\ back\\slash, tab\t, ünïcödé \U0001f600 and \u2028',
+        from_="15550002100",
+        wamid="wamid.IN.AWKWARD",
+        referral={"source_id": "1", "nested": {"list": [1, 2.5, None, True, "x"]}},
+    )
+    no_id = inbound("image", {"mime_type": "image/png", "caption": "no id"}, from_="15550002101")
+    media = [m for m in messages if m["type"] in ("image", "document")]
+    ann = [contact("15550002000", "Ann")]
+    journal = [
+        (a, body(messages_change(acme, contacts=ann, messages=messages[:8]))),
+        (b, body(messages_change(bravo, messages=[dict(m) for m in media]), waba="200000000002")),
+        (a, body(messages_change(acme, messages=[*messages[8:], awkward, no_id]))),
+        (a, body(messages_change(acme, messages=media))),  # delivered again
+    ]  # fmt: skip
+    dump = assert_same(journal)
+    assert fallbacks == []
+    # acme's six media messages once each, bravo's two; none for the image without a media id
+    assert len(dump["media"]) == 6 + 2
+    assert any("AWKWARD" in m and "ünïcödé" in m for m in dump["inbound_columns"])
 
 
 def test_small_batches_end_like_one_big_batch(mixed):
