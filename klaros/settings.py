@@ -367,6 +367,4 @@ KLAROS_SIMULATOR_URL = env.str("KLAROS_SIMULATOR_URL", default="").rstrip("/") i
 # How long a claimed outbound message belongs to one worker, and how long a send whose outcome is
 # unknown waits for Meta's status webhook (carrying our message id) before it is sent again.
 KLAROS_OUTBOX_LEASE_SECONDS = env.int("KLAROS_OUTBOX_LEASE_SECONDS", default=30)
-KLAROS_OUTBOX_RECONCILE_GRACE_SECONDS = env.int(
-    "KLAROS_OUTBOX_RECONCILE_GRACE_SECONDS", default=60
-)
+KLAROS_OUTBOX_RECONCILE_GRACE_SECONDS = env.int("KLAROS_OUTBOX_RECONCILE_GRACE_SECONDS", default=60)

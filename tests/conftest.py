@@ -58,7 +58,11 @@ def make_tenant(slug: str, name: str, *, pnid: str, waba: str, app_id: str, owne
 @pytest.fixture
 def acme(db) -> TenantWorld:
     return make_tenant(
-        "acme", "Acme", pnid="100000000001", waba="200000000001", app_id="300000000001",
+        "acme",
+        "Acme",
+        pnid="100000000001",
+        waba="200000000001",
+        app_id="300000000001",
         owner_email="alice@acme.test",
     )
 
@@ -66,7 +70,11 @@ def acme(db) -> TenantWorld:
 @pytest.fixture
 def bravo(db) -> TenantWorld:
     return make_tenant(
-        "bravo", "Bravo", pnid="100000000002", waba="200000000002", app_id="300000000002",
+        "bravo",
+        "Bravo",
+        pnid="100000000002",
+        waba="200000000002",
+        app_id="300000000002",
         owner_email="bob@bravo.test",
     )
 
@@ -74,15 +82,17 @@ def bravo(db) -> TenantWorld:
 @pytest.fixture
 def agnes(acme):
     """An agent of Acme."""
-    return add_member(acme.tenant, "agnes@acme.test", role=Role.AGENT, password=PASSWORD,
-                      actor="test").user
+    return add_member(
+        acme.tenant, "agnes@acme.test", role=Role.AGENT, password=PASSWORD, actor="test"
+    ).user
 
 
 @pytest.fixture
 def carol(acme, bravo):
     """A member of both tenants (agent in Acme, admin in Bravo)."""
-    user = add_member(acme.tenant, "carol@both.test", role=Role.AGENT, password=PASSWORD,
-                      actor="test").user
+    user = add_member(
+        acme.tenant, "carol@both.test", role=Role.AGENT, password=PASSWORD, actor="test"
+    ).user
     Membership.objects.create(user=user, tenant=bravo.tenant, role=Role.ADMIN)
     return user
 
