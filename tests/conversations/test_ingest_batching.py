@@ -597,3 +597,32 @@ def test_the_one_by_one_path_is_still_there_for_the_baseline(acme):
     assert drain_batch(200, batched=False) == 3
     with tenant_scope(acme.tenant):
         assert Conversation.objects.get().unread_count == 3
+
+
+def test_the_contact_lookup_of_a_batch_can_use_the_partial_unique_indexes(acme):
+    """The batch reads every contact it names with `wa_id IN (...)`. The unique index on wa_id
+    is partial (`NOT (wa_id = '')`); the query must repeat that condition or PostgreSQL cannot
+    use the index for a long list and scans the whole tenant (26 ms against 1 ms at 200,000
+    contacts)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    if connection.vendor != "postgresql":
+        pytest.skip("query plans are PostgreSQL's")
+    # More than 100 numbers: PostgreSQL proves the index condition from a shorter IN list by
+    # itself (it expands arrays of up to 100 constants), not from a longer one.
+    journal_rows(inbound_journal(acme, bodies=150, senders=150))
+    with CaptureQueriesContext(connection) as captured:
+        drain_batch(200)
+    lookups = [
+        q["sql"]
+        for q in captured
+        if q["sql"].startswith("SELECT") and 'FROM "conversations_contact"' in q["sql"]
+    ]
+    assert lookups
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        for sql in lookups:
+            cursor.execute(f"EXPLAIN {sql}")
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+            assert "contact_unique_wa_id" in plan or "contact_unique_user_id" in plan, plan
