@@ -60,7 +60,9 @@ def journal_webhook(app: MetaApp, body: bytes) -> WebhookEvent:
     * on PostgreSQL the flag is read in the INSERT statement itself (one round trip per
       webhook). The drain's final check first takes a SHARE lock on the journal table, which
       waits for every INSERT in flight. An INSERT whose snapshot predates the clear therefore
-      commits before that check, which sees its row; any later INSERT sees the cleared flag;
+      commits before that check, which sees its row (or, if the lock is not granted within
+      JOURNAL_LOCK_TIMEOUT, the drain schedules another drain); any later INSERT sees the
+      cleared flag;
     * elsewhere the flag is read after the commit (two round trips).
 
     Both statements are compiled once per process (`compiled.py`). A failure to schedule after
@@ -97,7 +99,7 @@ _INSERT_EVENT = CompiledInsert(WebhookEvent)
 _INSERT_READING_FLAG = CompiledInsert(WebhookEvent, also_return=_drain_flag_subquery)
 
 
-def _insert_event(insert: CompiledInsert, app: MetaApp, body: bytes):
+def _insert_event(insert: CompiledInsert, app: MetaApp, body: bytes) -> tuple[WebhookEvent, tuple]:
     """The journal INSERT doubles as the check that the persistent connection still works.
 
     With CONN_HEALTH_CHECKS, Django would first send `SELECT 1` on a reused connection: one more
@@ -265,8 +267,9 @@ def drain_journal(
 
     The flag stays set while this task drains and lingers (a short wait for more webhooks), so
     a steady stream of webhooks is served by one long-running task instead of enqueuing a task
-    every few requests. On the way out the flag is cleared and the journal checked once more;
-    a row committed in the instant between is picked up by the periodic sweep.
+    every few requests. On the way out the flag is cleared and the journal checked once more
+    (`journal_webhook` explains why no row committed meanwhile is stranded); the periodic sweep
+    stays the safety net for a task that was lost.
     """
     if linger is None:
         # Inline tasks (tests, sync mode) run inside a request: never wait there.
