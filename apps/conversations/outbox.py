@@ -632,28 +632,40 @@ def _checked_attempt(
     )
 
 
-def _take_attempts(messages: list[Message], lease_until) -> set[Any]:
-    """The lease check of `_prepare_attempt` for many messages at once: bump `attempts` and the
-    lease of the rows whose lease is still ours (one UPDATE per lease value). Returns their pks.
-    """
+def _extend_leases(messages: list[Message], lease_until, *, reason: str, **changes) -> set[Any]:
+    """Move the lease of every row whose lease is still the one it was claimed or renewed
+    with to `lease_until` (and apply `changes`), with one conditional UPDATE per current lease
+    value. Returns the pks whose lease is now `lease_until`: the rows still ours."""
     groups: dict[Any, list[Message]] = defaultdict(list)
     for message in messages:
         groups[message.lease_until].append(message)
-    taken: set[Any] = set()
-    with unscoped("outbox dispatch takes its attempts"):
+    ours: set[Any] = set()
+    with unscoped(reason):
         for current, group in groups.items():
             pks = [m.pk for m in group]
             count = Message.objects.filter(
                 pk__in=pks, status=MessageStatus.SENDING, lease_until=current
-            ).update(attempts=F("attempts") + 1, lease_until=lease_until)
+            ).update(lease_until=lease_until, **changes)
             if count == len(pks):
-                taken.update(pks)
+                ours.update(pks)
             elif count:
-                taken.update(
+                ours.update(
                     Message.objects.filter(pk__in=pks, lease_until=lease_until).values_list(
                         "pk", flat=True
                     )
                 )
+    return ours
+
+
+def _take_attempts(messages: list[Message], lease_until) -> set[Any]:
+    """The lease check of `_prepare_attempt` for many messages at once: bump `attempts` and the
+    lease of the rows whose lease is still ours. Returns their pks."""
+    taken = _extend_leases(
+        messages,
+        lease_until,
+        reason="outbox dispatch takes its attempts",
+        attempts=F("attempts") + 1,
+    )
     for message in messages:
         if message.pk in taken:
             message.lease_until = lease_until
@@ -1018,26 +1030,11 @@ class _Dispatcher:
         if not held:
             return
         lease_until = timezone.now() + _lease()
-        groups: dict[Any, list[Message]] = defaultdict(list)
+        ours = _extend_leases(held, lease_until, reason="outbox dispatch renews its leases")
         for message in held:
-            groups[message.lease_until].append(message)
-        lost: set[Any] = set()
-        with unscoped("outbox dispatch renews its leases"):
-            for current, messages in groups.items():
-                pks = [m.pk for m in messages]
-                renewed = Message.objects.filter(
-                    pk__in=pks, status=MessageStatus.SENDING, lease_until=current
-                ).update(lease_until=lease_until)
-                if renewed != len(pks):
-                    ours = set(
-                        Message.objects.filter(pk__in=pks, lease_until=lease_until).values_list(
-                            "pk", flat=True
-                        )
-                    )
-                    lost.update(pk for pk in pks if pk not in ours)
-                for message in messages:
-                    if message.pk not in lost:
-                        message.lease_until = lease_until
+            if message.pk in ours:
+                message.lease_until = lease_until
+        lost = {m.pk for m in held} - ours
         if lost:
             # Not ours any more (settled meanwhile, or taken after a stall): never hand it out.
             self.pending = deque(m for m in self.pending if m.pk not in lost)
