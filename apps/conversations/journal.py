@@ -18,7 +18,6 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from apps.tenants.models import MetaApp
@@ -127,8 +126,33 @@ request_drain = DRAIN.request
 _enqueue_drain = DRAIN.enqueue
 
 
-def _claimable(now) -> Q:
-    return Q(state=WebhookState.PENDING) | Q(state=WebhookState.FAILED, next_attempt_at__lte=now)
+def _claimable_sets(now) -> tuple:
+    """The rows due for processing, as two querysets each served by a partial index of its own
+    (`WebhookEvent.Meta`): failed rows whose retry is due, and pending rows. One query with the
+    OR of both conditions would be planned as a walk over the whole journal, which keeps every
+    processed row for the retention period."""
+    due = WebhookEvent.objects.filter(state=WebhookState.FAILED, next_attempt_at__lte=now)
+    return due.order_by("next_attempt_at"), WebhookEvent.objects.filter(
+        state=WebhookState.PENDING
+    ).order_by("id")
+
+
+def _has_claimable(now) -> bool:
+    return any(queryset.exists() for queryset in _claimable_sets(now))
+
+
+def _claim(now, limit: int) -> list[WebhookEvent]:
+    """Lock up to `limit` rows due for processing, in journal order: failed rows whose retry is
+    due first (they are older), then pending rows."""
+    events: list[WebhookEvent] = []
+    for queryset in _claimable_sets(now):
+        if len(events) >= limit:
+            break
+        if connection.features.has_select_for_update_skip_locked:
+            queryset = queryset.select_for_update(skip_locked=True)
+        events.extend(queryset[: limit - len(events)])
+    events.sort(key=lambda event: event.pk)
+    return events
 
 
 def drain_batch(
@@ -142,10 +166,7 @@ def drain_batch(
     now = timezone.now()
     directory = directory or NumberDirectory()
     with transaction.atomic():
-        queryset = WebhookEvent.objects.filter(_claimable(now)).order_by("id")
-        if connection.features.has_select_for_update_skip_locked:
-            queryset = queryset.select_for_update(skip_locked=True)
-        events = list(queryset[:batch_size])
+        events = _claim(now, batch_size)
         if batched and _batching_possible():
             _process_batched(events, directory)
         else:
@@ -320,7 +341,7 @@ def _work_left_after_clearing() -> bool:
                     table = connection.ops.quote_name(WebhookEvent._meta.db_table)
                     cursor.execute(f"SET LOCAL lock_timeout = '{JOURNAL_LOCK_TIMEOUT}'")
                     cursor.execute(f"LOCK TABLE {table} IN SHARE MODE")
-            return WebhookEvent.objects.filter(_claimable(timezone.now())).exists()
+            return _has_claimable(timezone.now())
     except OperationalError:
         logger.info("journal busy at the end of a drain; scheduling another to be sure")
         return True
@@ -344,10 +365,36 @@ def sweep_journal() -> int:
     (a lost task, a flushed broker)."""
     now = timezone.now()
     stale = now - timedelta(minutes=5)
-    has_work = WebhookEvent.objects.filter(_claimable(now)).exists()
-    if not has_work:
+    if not _has_claimable(now):
         return 0
     with transaction.atomic():
         DRAIN.reset_if_stale(stale)
         request_drain()
     return 1
+
+
+PRUNE_CHUNK = 2_000
+
+
+def prune_journal(*, chunk: int = PRUNE_CHUNK, time_budget: float = 20.0) -> int:
+    """Delete processed rows received more than KLAROS_JOURNAL_RETENTION_DAYS ago; returns how
+    many. Run by the periodic sweep, in chunks of `chunk` rows (each its own transaction, so
+    webhooks and the drain never wait long) until none are left or `time_budget` seconds are
+    spent; the next sweep goes on. Pending, failed and quarantined rows are never deleted."""
+    cutoff = timezone.now() - timedelta(days=settings.KLAROS_JOURNAL_RETENTION_DAYS)
+    expired = WebhookEvent.objects.filter(state=WebhookState.PROCESSED, received_at__lt=cutoff)
+    deadline = time.monotonic() + time_budget
+    deleted = 0
+    while time.monotonic() < deadline:
+        ids = list(expired.order_by("received_at").values_list("pk", flat=True)[:chunk])
+        if not ids:
+            break
+        with transaction.atomic():
+            # Error reports keep their text; they lose the link to the body (SET_NULL).
+            expired.filter(pk__in=ids).delete()
+        deleted += len(ids)
+        if len(ids) < chunk:
+            break
+    if deleted:
+        logger.info("journal: deleted %s processed webhook bodies past retention", deleted)
+    return deleted

@@ -342,7 +342,25 @@ class WebhookEvent(models.Model):
     counts = models.JSONField(default=dict, blank=True)
 
     class Meta:
-        indexes = [models.Index(fields=["state", "id"], name="webhook_state_idx")]
+        # The journal keeps processed rows for KLAROS_JOURNAL_RETENTION_DAYS, so almost every
+        # row is processed. The drain and the operators' lists only look for the others: each
+        # kind has a partial index of its own, which holds just those rows (a claim never walks
+        # past processed ones), and which a row leaves when it is processed.
+        indexes = [
+            models.Index(
+                fields=["id"], condition=Q(state=WebhookState.PENDING), name="webhook_pending_idx"
+            ),
+            models.Index(
+                fields=["next_attempt_at"],
+                condition=Q(state=WebhookState.FAILED),
+                name="webhook_retry_idx",
+            ),
+            models.Index(
+                fields=["id"],
+                condition=Q(state=WebhookState.QUARANTINED),
+                name="webhook_quarantined_idx",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"webhook #{self.pk} ({self.state})"
