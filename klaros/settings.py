@@ -319,6 +319,12 @@ Q_CLUSTER = {
 # A journal drain waits this long for more webhooks before it ends, so a steady stream is served
 # by one task rather than one task every few requests.
 KLAROS_DRAIN_LINGER_SECONDS = env.float("KLAROS_DRAIN_LINGER_SECONDS", default=1.0)
+# Processed webhook bodies are kept this long for diagnosis, then deleted by the periodic sweep
+# (their messages and statuses are stored; the raw bodies hold customer data). Failed and
+# quarantined bodies are kept until an operator has dealt with them.
+KLAROS_JOURNAL_RETENTION_DAYS = env.float("KLAROS_JOURNAL_RETENTION_DAYS", default=7.0)
+if not KLAROS_JOURNAL_RETENTION_DAYS > 0:
+    raise ImproperlyConfigured("KLAROS_JOURNAL_RETENTION_DAYS must be a positive number of days")
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
 else:

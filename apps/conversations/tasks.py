@@ -9,7 +9,7 @@ from apps.tenants.models import CredentialStatus
 from apps.tenants.scoping import in_tenant_scope
 from apps.whatsapp.graph import GraphClient, GraphError, GraphTransportError
 
-from .journal import drain_journal, sweep_journal
+from .journal import drain_journal, prune_journal, sweep_journal
 from .models import Direction, Message
 from .outbox import dispatch_outbox as _dispatch_outbox
 from .outbox import sweep_outbox
@@ -24,7 +24,9 @@ def drain_webhook_journal() -> int:
 
 def sweep_pending_work() -> int:
     """Scheduled every minute: re-schedule a drain or dispatcher that a lost task (or a flushed
-    broker) left behind, and pick up outbox retries due later than a dispatcher waits."""
+    broker) left behind, pick up outbox retries due later than a dispatcher waits, and delete
+    processed webhook bodies past their retention."""
+    prune_journal()
     return sweep_journal() + sweep_outbox()
 
 
