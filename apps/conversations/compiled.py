@@ -9,7 +9,7 @@ ORM call they replace) and then only bind fresh values.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from django.db import connections, models
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -30,6 +30,7 @@ class CompiledInsert:
         self,
         model: type[models.Model],
         *,
+        only: Sequence[str] | None = None,
         also_return: Callable[[BaseDatabaseWrapper], str] | None = None,
     ):
         self.model = model
@@ -40,6 +41,14 @@ class CompiledInsert:
             for field in meta.local_concrete_fields
             if not field.generated and field is not meta.auto_field
         ]
+        if only is not None:
+            # Send only these columns; the database fills in the others (their `db_default`,
+            # or NULL). The returned instance does not see the values it chose.
+            sent = [meta.get_field(name) for name in only]
+            for field in self.fields:
+                if field not in sent and not (field.has_db_default() or field.null):
+                    raise ValueError(f"{field.name} has no db_default and is not nullable")
+            self.fields = sent
         self._sql: dict[str, str] = {}
 
     def _compile(self, obj: models.Model, using: str) -> str:

@@ -94,8 +94,12 @@ def _drain_flag_subquery(connection) -> str:
     return f"(SELECT {qn(scheduled)} FROM {table} WHERE {pk} = 1)"  # noqa: S608
 
 
-_INSERT_EVENT = CompiledInsert(WebhookEvent)
-_INSERT_READING_FLAG = CompiledInsert(WebhookEvent, also_return=_drain_flag_subquery)
+# Only the body and its app are sent; the other columns take their database defaults.
+_JOURNALED = ("app", "body")
+_INSERT_EVENT = CompiledInsert(WebhookEvent, only=_JOURNALED)
+_INSERT_READING_FLAG = CompiledInsert(
+    WebhookEvent, only=_JOURNALED, also_return=_drain_flag_subquery
+)
 
 
 def _insert_event(insert: CompiledInsert, app: MetaApp, body: bytes) -> tuple[WebhookEvent, tuple]:

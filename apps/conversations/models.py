@@ -12,6 +12,7 @@ import uuid
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Now
 
 from apps.tenants.scoping import TenantOwnedModel
 
@@ -329,17 +330,22 @@ class WebhookEvent(models.Model):
     """
 
     id = models.BigAutoField(primary_key=True)
+    # The webhook sends only `app` and `body` (`journal.journal_webhook`); the database fills in
+    # the rest from these defaults.
     app = models.ForeignKey("tenants.MetaApp", on_delete=models.PROTECT, related_name="+")
     body = models.BinaryField()
-    received_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    received_at = models.DateTimeField(db_default=Now(), db_index=True, editable=False)
     state = models.CharField(
-        max_length=12, choices=WebhookState.choices, default=WebhookState.PENDING
+        max_length=12,
+        choices=WebhookState.choices,
+        default=WebhookState.PENDING,
+        db_default=WebhookState.PENDING,
     )
-    attempts = models.PositiveIntegerField(default=0)
+    attempts = models.PositiveIntegerField(default=0, db_default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     processed_at = models.DateTimeField(null=True, blank=True)
-    reason = models.TextField(blank=True)
-    counts = models.JSONField(default=dict, blank=True)
+    reason = models.TextField(blank=True, default="", db_default="")
+    counts = models.JSONField(default=dict, db_default={}, blank=True)
 
     class Meta:
         # The journal keeps processed rows for KLAROS_JOURNAL_RETENTION_DAYS, so almost every

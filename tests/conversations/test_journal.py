@@ -498,3 +498,25 @@ def test_pruning_stops_at_its_time_budget_and_the_next_sweep_goes_on(acme, setti
     assert journal.prune_journal(chunk=2, time_budget=0.0) == 0
     assert journal.prune_journal(chunk=2) == 6
     assert not WebhookEvent.objects.exists()
+
+
+def test_the_webhook_sends_only_the_body_and_the_database_stamps_the_rest(client, acme):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    before = timezone.now()
+    with CaptureQueriesContext(connection) as captured:
+        body = post(client, acme, "stamped")
+    [insert] = [
+        q["sql"]
+        for q in captured
+        if q["sql"].startswith('INSERT INTO "conversations_webhookevent"')
+    ]
+    assert insert.startswith('INSERT INTO "conversations_webhookevent" ("app_id", "body")')
+    event = WebhookEvent.objects.get()
+    assert bytes(event.body) == body and event.app == acme.number.app
+    assert before - timedelta(seconds=1) <= event.received_at <= timezone.now()
+    fields = ("state", "attempts", "reason", "counts", "next_attempt_at", "processed_at")
+    assert [getattr(event, name) for name in fields] == ["pending", 0, "", {}, None, None]
+    assert drain_journal() == 1
+    assert messages_of(acme) == ["stamped"]
