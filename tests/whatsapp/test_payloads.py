@@ -586,6 +586,14 @@ def test_it_rejects_bad_bodies_with_a_path(body, fragment):
     assert fragment in str(excinfo.value)
 
 
+def test_it_chains_an_out_of_range_timestamp_to_its_cause():
+    entry = {"id": "1", "time": 10**20, "changes": []}
+    body = json.dumps({"object": "whatsapp_business_account", "entry": [entry]})
+    with pytest.raises(PayloadError, match=r"^entry\[0\]\.time: timestamp out of range") as info:
+        parse_notification(body)
+    assert isinstance(info.value.__cause__, OverflowError | OSError | ValueError)
+
+
 def test_it_accepts_an_empty_batch():
     assert parse_notification(b'{"object":"whatsapp_business_account","entry":[]}').entries == ()
 
