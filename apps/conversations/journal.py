@@ -146,15 +146,38 @@ def _has_claimable(now) -> bool:
 
 
 def _claim(now, limit: int) -> list[WebhookEvent]:
-    """Lock up to `limit` rows due for processing, in journal order: failed rows whose retry is
-    due first (they are older), then pending rows."""
+    """Lock up to `limit` rows due for processing, returned in journal order: failed rows whose
+    retry is due first (they are older), then pending rows.
+
+    With SKIP LOCKED (PostgreSQL) both sets are locked in one statement, each in a CTE of its
+    own so each keeps its partial index; elsewhere (SQLite, whose write transaction already
+    excludes other drains) they are two queries.
+    """
+    due, pending = _claimable_sets(now)
+    if connection.features.has_select_for_update_skip_locked:
+        parts = [
+            queryset.select_for_update(skip_locked=True).values("pk")[:limit].query
+            for queryset in (due, pending)
+        ]
+        (due_sql, due_params), (pending_sql, pending_params) = (
+            part.sql_with_params() for part in parts
+        )
+        qn = connection.ops.quote_name
+        table, pk = qn(WebhookEvent._meta.db_table), qn(WebhookEvent._meta.pk.column)
+        # The CTEs are the ORM's own SQL (each selects the id as "pk"); only quoted names are
+        # interpolated.
+        sql = (
+            f"WITH due AS ({due_sql}), pending AS ({pending_sql})"  # noqa: S608
+            f" SELECT journal.* FROM {table} AS journal JOIN"
+            ' (SELECT "pk" FROM due UNION ALL SELECT "pk" FROM pending) AS claimed'
+            f' ON journal.{pk} = claimed."pk" ORDER BY journal.{pk}'
+        )
+        events = list(WebhookEvent.objects.raw(sql, [*due_params, *pending_params]))
+        return events[:limit]
     events: list[WebhookEvent] = []
-    for queryset in _claimable_sets(now):
-        if len(events) >= limit:
-            break
-        if connection.features.has_select_for_update_skip_locked:
-            queryset = queryset.select_for_update(skip_locked=True)
-        events.extend(queryset[: limit - len(events)])
+    for queryset in (due, pending):
+        if len(events) < limit:
+            events.extend(queryset[: limit - len(events)])
     events.sort(key=lambda event: event.pk)
     return events
 
