@@ -6,36 +6,31 @@ from django.db import migrations, models
 # development) take the plain operations.
 
 
-class AddIndexOnline(AddIndexConcurrently):
-    def database_forwards(self, app_label, schema_editor, from_state, to_state):
-        if schema_editor.connection.vendor == "postgresql":
-            return super().database_forwards(app_label, schema_editor, from_state, to_state)
-        return migrations.AddIndex.database_forwards(
-            self, app_label, schema_editor, from_state, to_state
-        )
+def _online(concurrent, plain):
+    """An operation that runs as `concurrent` on PostgreSQL and as `plain` elsewhere."""
 
-    def database_backwards(self, app_label, schema_editor, from_state, to_state):
-        if schema_editor.connection.vendor == "postgresql":
-            return super().database_backwards(app_label, schema_editor, from_state, to_state)
-        return migrations.AddIndex.database_backwards(
-            self, app_label, schema_editor, from_state, to_state
-        )
+    def run(direction):
+        def database_method(self, app_label, schema_editor, from_state, to_state):
+            chosen = concurrent if schema_editor.connection.vendor == "postgresql" else plain
+            getattr(chosen, direction)(self, app_label, schema_editor, from_state, to_state)
+
+        return database_method
+
+    name = f"{plain.__name__}Online"
+    return type(
+        name,
+        (concurrent,),
+        {
+            "database_forwards": run("database_forwards"),
+            "database_backwards": run("database_backwards"),
+            "__qualname__": name,
+            "__module__": __name__,
+        },
+    )
 
 
-class RemoveIndexOnline(RemoveIndexConcurrently):
-    def database_forwards(self, app_label, schema_editor, from_state, to_state):
-        if schema_editor.connection.vendor == "postgresql":
-            return super().database_forwards(app_label, schema_editor, from_state, to_state)
-        return migrations.RemoveIndex.database_forwards(
-            self, app_label, schema_editor, from_state, to_state
-        )
-
-    def database_backwards(self, app_label, schema_editor, from_state, to_state):
-        if schema_editor.connection.vendor == "postgresql":
-            return super().database_backwards(app_label, schema_editor, from_state, to_state)
-        return migrations.RemoveIndex.database_backwards(
-            self, app_label, schema_editor, from_state, to_state
-        )
+AddIndexOnline = _online(AddIndexConcurrently, migrations.AddIndex)
+RemoveIndexOnline = _online(RemoveIndexConcurrently, migrations.RemoveIndex)
 
 
 class Migration(migrations.Migration):
