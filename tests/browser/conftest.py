@@ -8,6 +8,7 @@ pass by silently not running them.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +38,34 @@ document.addEventListener("securitypolicyviolation", (event) => {
   window.__cspViolations.push(`${event.violatedDirective} blocked ${event.blockedURI}`);
 });
 """
+
+
+@pytest.fixture(autouse=True)
+def _one_live_request_at_a_time_on_sqlite(monkeypatch):
+    """Django's live server shares the test's in-memory SQLite connection with every request
+    thread (a limit LiveServerTestCase documents; PostgreSQL, and Klaros on an SQLite file,
+    give each thread its own connection). Two requests at once, such as the page's poll and a
+    status webhook from the simulator, can then break each other's statements ("cannot open
+    savepoint - SQL statements in progress"). On that database the live server handles one
+    request at a time (connections stay concurrent). The wait is bounded, so a request that
+    calls back into the live server cannot hang a test."""
+    from django.core.handlers.wsgi import WSGIHandler
+    from django.db import connection
+
+    if connection.vendor != "sqlite":
+        return
+    handle = WSGIHandler.__call__
+    turn = threading.Lock()
+
+    def one_at_a_time(self, environ, start_response):
+        took_turn = turn.acquire(timeout=30)
+        try:
+            return handle(self, environ, start_response)
+        finally:
+            if took_turn:
+                turn.release()
+
+    monkeypatch.setattr(WSGIHandler, "__call__", one_at_a_time)
 
 
 def _unavailable(reason: str) -> None:
