@@ -417,8 +417,9 @@ def prune_journal(*, chunk: int = PRUNE_CHUNK, time_budget: float = 20.0) -> int
         if not ids:
             break
         with transaction.atomic():
-            # Error reports keep their text; they lose the link to the body (SET_NULL).
-            expired.filter(pk__in=ids).delete()
+            # Error reports keep their text; they lose the link to the body (SET_NULL). The
+            # rows are loaded for that, without their bodies.
+            expired.filter(pk__in=ids).only("pk").delete()
         deleted += len(ids)
         if len(ids) < chunk:
             break

@@ -26,8 +26,9 @@ def sweep_pending_work() -> int:
     """Scheduled every minute: re-schedule a drain or dispatcher that a lost task (or a flushed
     broker) left behind, pick up outbox retries due later than a dispatcher waits, and delete
     processed webhook bodies past their retention."""
-    prune_journal()
-    return sweep_journal() + sweep_outbox()
+    scheduled = sweep_journal() + sweep_outbox()
+    prune_journal()  # last: a failure here must not keep the sweeps from running
+    return scheduled
 
 
 def dispatch_outbox() -> int:

@@ -465,6 +465,9 @@ def _plan_nodes(node: dict):
 def test_the_sweep_deletes_processed_bodies_past_retention_and_keeps_the_rest(
     acme, settings, django_capture_on_commit_callbacks
 ):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
     settings.KLAROS_JOURNAL_RETENTION_DAYS = 7
     old_done = _rows(acme, [WebhookState.PROCESSED] * 5, received_days_ago=8)
     kept = _rows(
@@ -482,7 +485,9 @@ def test_the_sweep_deletes_processed_bodies_past_retention_and_keeps_the_rest(
             webhook_event=old_done[0],
         )
 
-    assert journal.prune_journal(chunk=2) == 5  # three chunks, one transaction each
+    with CaptureQueriesContext(connection) as captured:
+        assert journal.prune_journal(chunk=2) == 5  # three chunks, one transaction each
+    assert not [q for q in captured if '"body"' in q["sql"]]  # bodies are never loaded
     left = set(WebhookEvent.objects.values_list("pk", flat=True))
     assert left == {row.pk for row in (*kept, *recent)}
     with tenant_scope(acme.tenant):
