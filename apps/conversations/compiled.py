@@ -3,8 +3,8 @@
 Every webhook Meta sends costs one journal INSERT and one read of the drain flag. Through
 `Model.objects.create()` and `.exists()` the ORM builds, resolves and compiles the same SQL on
 every request, which cost more CPU than everything else in the request together. These helpers
-let Django compile the statement once (same SQL, columns, defaults and value conversions as the
-ORM call they replace) and then only bind fresh values.
+let Django compile the statement once (the SQL and value conversions of the ORM call they
+replace; an INSERT may leave columns to their database defaults) and then only bind fresh values.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ class CompiledInsert:
     `get_db_prep_save`) and inserted with the INSERT ... RETURNING that `create()` would send;
     the instance gets its primary key. `also_return(connection)` may add SQL expressions to the
     RETURNING clause (evaluated in the same statement); their values are returned with the
-    instance. No signals are sent: use it only for models without save signal receivers.
+    instance. With `only`, just those columns are sent and the database fills in the others.
+    No signals are sent: use it only for models without save signal receivers.
     """
 
     def __init__(
