@@ -310,7 +310,13 @@ def get_or_create_conversation(number: WhatsAppNumber, contact: Contact) -> Conv
 def ingest_inbound_message(
     number: WhatsAppNumber, message: InboundMessage, profile: ContactProfile | None
 ) -> bool:
-    """Store one inbound message; returns False when it was already stored (a duplicate)."""
+    """Store one inbound message; returns False when it was already stored (a duplicate).
+
+    A duplicate (a Meta retry, a journal replay) changes nothing, not even its contact: the
+    profile it carries may be older than the one stored. It is looked up first; the unique
+    (tenant, wamid) index still decides when two copies are stored at the same time."""
+    if Message.objects.filter(wamid=message.wamid).exists():
+        return False
     contact = upsert_contact(number, message.from_wa_id, message.user_id, profile)
     conversation = get_or_create_conversation(number, contact)
     row, preview = _inbound_row(number, conversation, message)
@@ -595,21 +601,24 @@ def _chunks(values: Sequence, size: int = _IN_CHUNK) -> Iterable[Sequence]:
 
 
 def _ingest_inbound_batch(tenant_id: uuid.UUID, items: list[_Inbound]) -> None:
-    identities = [_identity(i.message.from_wa_id, i.message.user_id, i.profile) for i in items]
-    _resolve_contacts(tenant_id, items, identities)
-    _resolve_conversations(tenant_id, items)
-
-    # Messages already stored (a Meta retry, a journal replay) are not even built: one by one,
-    # their insert would hit the unique (tenant, wamid) index.
+    # Messages already stored (a Meta retry, a journal replay) change nothing, not even their
+    # contact (`ingest_inbound_message`), so they are found first and left out of the contact
+    # and conversation upserts: only the first occurrence of a new wamid goes on. A replay of
+    # inbound messages then costs one SELECT per chunk of wamids.
     wamids = sorted({item.message.wamid for item in items})
-    first: set[str] = set()
+    seen: set[str] = set()
     for chunk in _chunks(wamids):
-        first.update(Message.objects.filter(wamid__in=chunk).values_list("wamid", flat=True))
-    rows: list[dict] = []
+        seen.update(Message.objects.filter(wamid__in=chunk).values_list("wamid", flat=True))
+    fresh: list[_Inbound] = []
     for item in items:
-        if item.message.wamid in first:
-            continue  # stored, or a duplicate inside the batch
-        first.add(item.message.wamid)
+        if item.message.wamid not in seen:
+            seen.add(item.message.wamid)
+            fresh.append(item)
+    identities = [_identity(i.message.from_wa_id, i.message.user_id, i.profile) for i in fresh]
+    _resolve_contacts(tenant_id, fresh, identities)
+    _resolve_conversations(tenant_id, fresh)
+    rows: list[dict] = []
+    for item in fresh:
         item.values, item.preview = _inbound_values(item.message)
         item.pk = uuid.uuid4()
         rows.append({"id": item.pk, "conversation_id": item.conversation, **item.values})

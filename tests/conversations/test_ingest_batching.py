@@ -504,6 +504,29 @@ def test_a_replay_of_the_journal_changes_nothing(mixed):
     )
 
 
+
+def test_a_late_copy_of_a_message_does_not_bring_back_an_older_profile_name(acme):
+    """Dana renames herself between two messages; Meta then delivers the first message again,
+    with the name it had then. Both paths keep the newer name (and store nothing new)."""
+    a = app_of(acme)
+    first = text("hi", from_="15550001111", ts=NOW, wamid="wamid.IN.NAME1")
+    later = text("again", from_="15550001111", ts=NOW + 60, wamid="wamid.IN.NAME2")
+    journal = [
+        (a, body(messages_change(acme, contacts=[contact("15550001111", "Dana")],
+                                 messages=[first]))),
+        (a, body(messages_change(acme, contacts=[contact("15550001111", "Dana Levi")],
+                                 messages=[later]))),
+        (a, body(messages_change(acme, contacts=[contact("15550001111", "Dana")],
+                                 messages=[first]))),
+    ]  # fmt: skip
+    dump = assert_same(journal)
+    assert len(dump["contacts"]) == 1 and "'Dana Levi'" in dump["contacts"][0]
+    assert len(dump["messages"]) == 2
+    # The same with each body in a batch of its own: the copy finds its message stored.
+    dump = assert_same(journal, batch_size=1)
+    assert "'Dana Levi'" in dump["contacts"][0]
+
+
 # --- Statement budget -------------------------------------------------------------------------
 
 
