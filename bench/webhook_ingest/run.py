@@ -28,6 +28,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -208,6 +209,53 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=10)
 
 
+def start_services(args, env: dict, logdir: Path) -> tuple[subprocess.Popen, subprocess.Popen]:
+    """The drain worker (qcluster) and gunicorn (`args.workers` sync workers), as B1 runs them."""
+    worker = start([sys.executable, "manage.py", "qcluster"], env, logdir / "qcluster.log")
+    server = start(
+        [
+            str(Path(sys.executable).parent / "gunicorn"),
+            "klaros.wsgi",
+            "-w",
+            str(args.workers),
+            "-b",
+            f"127.0.0.1:{args.port}",
+            "--log-level",
+            "warning",
+        ],
+        env,
+        logdir / "gunicorn.log",
+    )
+    return worker, server
+
+
+def wait_drained(timeout: float = 300.0) -> int:
+    """Wait (bounded) until the worker has processed every journal row; the rows left."""
+    from apps.conversations.models import WebhookEvent, WebhookState
+
+    deadline = time.monotonic() + timeout
+    while True:
+        left = WebhookEvent.objects.exclude(state=WebhookState.PROCESSED).count()
+        if left == 0 or time.monotonic() > deadline:
+            return left
+        time.sleep(1)
+
+
+def lag_percentiles(after_id: int = 0) -> tuple:
+    """Ingest-to-processed lag (p50, p99, max) of the journal rows after `after_id`."""
+    from django.db import connection
+
+    with connection.cursor() as c:
+        c.execute(
+            "SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY processed_at - received_at),"
+            " percentile_disc(0.99) WITHIN GROUP (ORDER BY processed_at - received_at),"
+            " max(processed_at - received_at)"
+            " FROM conversations_webhookevent WHERE id > %s",
+            [after_id],
+        )
+        return c.fetchone()
+
+
 def wait_http(port: int, deadline: float = 30.0) -> None:
     end = time.monotonic() + deadline
     while time.monotonic() < end:
@@ -322,7 +370,7 @@ WEBHOOK = "/webhooks/whatsapp/"
 def bench_ack(args, env: dict, logdir: Path) -> dict:
     from django.db import connection
 
-    from apps.conversations.models import WebhookEvent, WebhookState
+    from apps.conversations.models import WebhookEvent
 
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
@@ -334,21 +382,7 @@ def bench_ack(args, env: dict, logdir: Path) -> dict:
     bodies_file = logdir / "bodies.txt"
     write_bodies(bodies, bodies_file)
     sizes = sorted(len(b) for b, _ in bodies)
-    worker = start([sys.executable, "manage.py", "qcluster"], env, logdir / "qcluster.log")
-    server = start(
-        [
-            str(Path(sys.executable).parent / "gunicorn"),
-            "klaros.wsgi",
-            "-w",
-            str(args.workers),
-            "-b",
-            f"127.0.0.1:{args.port}",
-            "--log-level",
-            "warning",
-        ],
-        env,
-        logdir / "gunicorn.log",
-    )
+    worker, server = start_services(args, env, logdir)
     rounds: dict[str, list[dict]] = {path: [] for path in (*BASELINES, WEBHOOK)}
     issued = 0
     try:
@@ -367,20 +401,9 @@ def bench_ack(args, env: dict, logdir: Path) -> dict:
         if issued > len(bodies):
             raise SystemExit(f"{issued} requests need more pre-signed bodies: raise --presign")
         # Every acknowledged webhook must be a journal row, drained by the worker.
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            left = WebhookEvent.objects.exclude(state=WebhookState.PROCESSED).count()
-            if left == 0:
-                break
-            time.sleep(1)
+        left = wait_drained()
         rows = WebhookEvent.objects.count()
-        with connection.cursor() as c:
-            c.execute(
-                "SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY processed_at - received_at),"
-                " percentile_disc(0.99) WITHIN GROUP (ORDER BY processed_at - received_at)"
-                " FROM conversations_webhookevent"
-            )
-            lag50, lag99 = c.fetchone()
+        lag50, lag99, _ = lag_percentiles()
     finally:
         stop(server)
         stop(worker)
@@ -421,6 +444,202 @@ def bench_ack(args, env: dict, logdir: Path) -> dict:
     # flight when a wrk round stopped (sent, journaled, their 200 not counted).
     result["zero_loss"] = acknowledged <= rows <= issued
     return result
+
+
+# --- (a') Meta's profile: a constant rate, open loop ------------------------------------------
+
+
+def openloop_round(args, path: str, bodies_file: Path, start_at: int, seconds: float) -> dict:
+    """`openloop.py` at `args.rate` for `seconds`, pinned like wrk (harness rule 6.0)."""
+    command = [
+        sys.executable,
+        str(Path(__file__).with_name("openloop.py")),
+        f"http://127.0.0.1:{args.port}{path}",
+        str(bodies_file),
+        "--rate",
+        str(args.rate),
+        "--seconds",
+        str(seconds),
+        "--start-at",
+        str(start_at),
+        "--window",
+        str(args.window),
+    ]
+    if args.pin is not None:
+        command = ["taskset", "-c", str(args.pin), *command]
+    out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    return json.loads(out)
+
+
+class CpuSampler:
+    """CPU used by each process group (gunicorn, qcluster) and by PostgreSQL (every backend, the
+    drain's included, and autovacuum), in cores, over the time between start() and stop().
+
+    Sampled from /proc every `interval` s and summed per process, so a process that exits
+    (a backend whose connection reached CONN_MAX_AGE) keeps what it used up to its last sample;
+    one that starts meanwhile counts from zero."""
+
+    def __init__(self, groups: dict[str, int], interval: float = 0.5) -> None:
+        self.by_pgrp = {pgrp: name for name, pgrp in groups.items()}
+        self.totals = dict.fromkeys([*groups, "postgresql"], 0)
+        self.last: dict[int, int] = {}
+        self.interval = interval
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self, first: bool = False) -> None:
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                command = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            name = self.by_pgrp.get(int(fields[2]))
+            if name is None and command.startswith(b"postgres"):
+                name = "postgresql"
+            if name is None:
+                continue
+            ticks = int(fields[11]) + int(fields[12])
+            previous = self.last.get(int(pid), None if not first else ticks)
+            self.totals[name] += ticks - (previous or 0)
+            self.last[int(pid)] = ticks
+
+    def _run(self) -> None:
+        while not self.done.wait(self.interval):
+            self._sample()
+
+    def start(self) -> None:
+        self._sample(first=True)
+        self.started = time.monotonic()
+        self.thread.start()
+
+    def stop(self) -> dict[str, float]:
+        self.done.set()
+        self.thread.join()
+        self._sample()
+        elapsed = time.monotonic() - self.started
+        hz = os.sysconf("SC_CLK_TCK")
+        return {name: round(ticks / hz / elapsed, 3) for name, ticks in self.totals.items()}
+
+
+def bench_meta(args, env: dict, logdir: Path) -> dict:
+    """B1 target 1: a constant `--rate` of Meta-shaped webhooks for `--seconds`, drain live.
+
+    First `/bench/noop` at the same rate for `--baseline-seconds` (the server's and the
+    generator's own latency floor), then the real endpoint. Reports its latency percentiles,
+    non-200s, zero loss, the CPU each part used, and the ingest-to-processed lag (B2's target
+    under this load) of the rows it journaled."""
+    from apps.conversations.models import WebhookEvent
+
+    reset_inbox()
+    warm_count = int(args.rate * args.warmup) + 1
+    bodies = presign(warm_count + int(args.rate * args.seconds) + 1, "meta")
+    bodies_file = logdir / "bodies_meta.txt"
+    write_bodies(bodies, bodies_file)
+    worker, server = start_services(args, env, logdir)
+    try:
+        wait_http(args.port)
+        warm = openloop_round(args, WEBHOOK, bodies_file, 0, args.warmup)
+        noop = openloop_round(args, "/bench/noop", bodies_file, 0, args.baseline_seconds)
+        if wait_drained():
+            raise SystemExit("the warm-up's webhooks were not processed")
+        first_id = WebhookEvent.objects.order_by("-id").values_list("id", flat=True).first() or 0
+        sampler = CpuSampler({"gunicorn": server.pid, "qcluster": worker.pid})
+        load_before = loadavg()
+        sampler.start()
+        real = openloop_round(args, WEBHOOK, bodies_file, warm_count, args.seconds)
+        cores = sampler.stop()
+        load_after = loadavg()
+        left = wait_drained()
+        rows = WebhookEvent.objects.filter(id__gt=first_id).count()
+        lag50, lag99, lag_max = lag_percentiles(first_id)
+    finally:
+        stop(server)
+        stop(worker)
+    acknowledged = real["statuses"].get("200", 0)
+    result = {
+        "loadgen": f"openloop.py (constant rate, open loop), pinned to cpu {args.pin}",
+        "rate": args.rate,
+        "seconds": args.seconds,
+        "gunicorn_workers": args.workers,
+        "warmup_non_200": warm["non_200"] + sum(warm["errors"].values()),
+        "noop": noop,
+        "webhook": real,
+        "cores_used": cores,
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+        "acknowledged": acknowledged,
+        "journal_rows": rows,
+        "unprocessed_after_drain": left,
+        "lag_p50_s": lag50.total_seconds() if lag50 is not None else None,
+        "lag_p99_s": lag99.total_seconds() if lag99 is not None else None,
+        "lag_max_s": lag_max.total_seconds() if lag_max is not None else None,
+    }
+    # Zero loss: every 200 is a row. A row beyond that is a request whose answer the generator
+    # did not get (counted in its errors), which Meta would have sent again.
+    result["zero_loss"] = acknowledged <= rows <= real["due"] and left == 0
+    result["targets"] = {
+        "p50_le_5ms": real["p50_ms"] is not None and real["p50_ms"] <= 5,
+        "p99_le_25ms": real["p99_ms"] is not None and real["p99_ms"] <= 25,
+        "p999_le_100ms": real["p999_ms"] is not None and real["p999_ms"] <= 100,
+        "no_non_200": real["non_200"] == 0 and not real["errors"],
+        "zero_loss": result["zero_loss"],
+        "lag_p99_le_2s": result["lag_p99_s"] is not None and result["lag_p99_s"] <= 2,
+        "rate_held": real["rate_achieved"] >= 0.98 * args.rate,
+    }
+    return result
+
+
+def bench_capacity(args, env: dict, logdir: Path) -> dict:
+    """B1 target 2: the highest constant rate of `--rates` whose p99 stays within 100 ms, every
+    answer a 200, with the drain live. Each rate runs for `--seconds` on fresh bodies; the
+    generator must hold the rate (98 %) for a step to count."""
+    from apps.conversations.models import WebhookEvent
+
+    rates = [float(r) for r in args.rates.split(",")]
+    reset_inbox()
+    warm_count = int(rates[0] * args.warmup) + 1
+    bodies = presign(warm_count + int(sum(rates) * args.seconds) + len(rates), "meta")
+    bodies_file = logdir / "bodies_capacity.txt"
+    write_bodies(bodies, bodies_file)
+    worker, server = start_services(args, env, logdir)
+    steps, offset = [], warm_count
+    try:
+        wait_http(args.port)
+        args.rate = rates[0]
+        openloop_round(args, WEBHOOK, bodies_file, 0, args.warmup)
+        for rate in rates:
+            wait_drained()  # each step starts with an empty journal
+            args.rate = rate
+            step = openloop_round(args, WEBHOOK, bodies_file, offset, args.seconds)
+            offset += step["due"]
+            step["held"] = step["rate_achieved"] >= 0.98 * rate
+            step["within"] = (
+                step["held"]
+                and step["non_200"] == 0
+                and not step["errors"]
+                and step["p99_ms"] is not None
+                and step["p99_ms"] <= 100
+            )
+            steps.append(step)
+        left = wait_drained()
+        rows = WebhookEvent.objects.count()
+    finally:
+        stop(server)
+        stop(worker)
+    keep = ("rate_target", "rate_achieved", "p50_ms", "p99_ms", "p999_ms", "max_ms", "non_200")
+    passed = [s["rate_target"] for s in steps if s["within"]]
+    return {
+        "loadgen": f"openloop.py (constant rate, open loop), pinned to cpu {args.pin}",
+        "seconds_per_rate": args.seconds,
+        "gunicorn_workers": args.workers,
+        "steps": [{k: s[k] for k in (*keep, "errors", "held", "within")} for s in steps],
+        "highest_rate_p99_le_100ms": max(passed) if passed else None,
+        "journal_rows": rows,
+        "unprocessed_after_drain": left,
+    }
 
 
 # --- (b) drain throughput ---------------------------------------------------------------------
@@ -678,7 +897,9 @@ def statements_per_item(args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database-url", default=DEFAULT_DB)
-    parser.add_argument("--part", choices=["ack", "drain", "all"], default="all")
+    parser.add_argument(
+        "--part", choices=["ack", "meta", "capacity", "drain", "all"], default="all"
+    )
     parser.add_argument("--port", type=int, default=8791)
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
     parser.add_argument("--clients", type=int, default=8, help="wrk connections")
@@ -697,6 +918,14 @@ def main() -> None:
         choices=["meta", "batched"],
         default="meta",
         help="ack bodies: ~1.3 KB, 3 status : 1 inbound (meta) or 100 statuses each (batched)",
+    )
+    parser.add_argument("--rate", type=float, default=400.0, help="meta: requests per second")
+    parser.add_argument(
+        "--baseline-seconds", type=float, default=60.0, help="meta: the noop round at --rate"
+    )
+    parser.add_argument("--window", type=float, default=60.0, help="meta: seconds per p99 window")
+    parser.add_argument(
+        "--rates", default="800,1000,1200,1400", help="capacity: constant rates to step through"
     )
     parser.add_argument("--statuses", type=int, default=20_000)
     parser.add_argument("--per-body", type=int, default=50)
@@ -719,6 +948,10 @@ def main() -> None:
     }
     if args.part in ("ack", "all"):
         results["ack"] = bench_ack(args, bench_env(args.database_url), logdir)
+    if args.part == "meta":
+        results["meta"] = bench_meta(args, bench_env(args.database_url), logdir)
+    if args.part == "capacity":
+        results["capacity"] = bench_capacity(args, bench_env(args.database_url), logdir)
     if args.part in ("drain", "all"):
         results["drain"] = bench_drain(args)
     results["loadavg_end"] = loadavg()
