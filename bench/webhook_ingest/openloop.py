@@ -15,8 +15,9 @@ one request per line, "<X-Hub-Signature-256>\\t<body>" (run.py writes it); line 
 used for request i, wrapping around at the end of the file.
 
 Prints JSON: requests due, completed, per status, errors, latency percentiles (p50, p90, p99,
-p99.9, max), the achieved rate, the generator's own CPU, how late it sent (p99 and max), and
-the p99 of each `--window` seconds, so a stall shows where it happened.
+p99.9, max), the achieved rate, the generator's own CPU, how late it sent (p99 and max), the
+p99 of each `--window` seconds and the five seconds with the slowest answers, so a stall shows
+when it happened.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import json
 import math
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -136,6 +138,7 @@ async def generate(
     slots = asyncio.Semaphore(MAX_IN_FLIGHT)
     latencies: list[float] = []
     windows: dict[int, list[float]] = {}
+    seconds_max: dict[int, float] = {}  # second of the run -> worst latency due in it
     statuses: Counter[int] = Counter()
     errors: Counter[str] = Counter()
     late: list[float] = []
@@ -158,8 +161,11 @@ async def generate(
         statuses[status] += 1
         latencies.append(elapsed_ms)
         windows.setdefault(int((due - start) // window), []).append(elapsed_ms)
+        second = int(due - start)
+        seconds_max[second] = max(seconds_max.get(second, 0.0), elapsed_ms)
 
     cpu_before = time.process_time()
+    started_at = datetime.now(tz=UTC)
     start = clock() + 0.05
     tasks = []
     for index in range(total):
@@ -197,6 +203,13 @@ async def generate(
         "sent_late_p99_ms": (percentile(late, 0.99) or 0.0) * 1000.0,
         "sent_late_max_ms": (late[-1] if late else 0.0) * 1000.0,
         "loadgen_cpu_share": cpu / (finished - start) if finished > start else 0.0,
+        "started_at": started_at.isoformat(),
+        # The five seconds with the slowest answer, as seconds since started_at: a stall can
+        # be matched with the server's logs (a PostgreSQL checkpoint, say).
+        "worst_seconds": [
+            {"second": second, "max_ms": worst}
+            for second, worst in sorted(seconds_max.items(), key=lambda kv: -kv[1])[:5]
+        ],
         "window_s": window,
         "window_p99_ms": [
             percentile(sorted(values), 0.99) for _, values in sorted(windows.items())

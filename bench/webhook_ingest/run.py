@@ -595,7 +595,8 @@ def bench_meta(args, env: dict, logdir: Path) -> dict:
 def bench_capacity(args, env: dict, logdir: Path) -> dict:
     """B1 target 2: the highest constant rate of `--rates` whose p99 stays within 100 ms, every
     answer a 200, with the drain live. Each rate runs for `--seconds` on fresh bodies; the
-    generator must hold the rate (98 %) for a step to count."""
+    generator must hold the rate (98 %) for a step to count. `--path /bench/noop` measures the
+    noop view the same way, for the ratio at equal p99."""
     from apps.conversations.models import WebhookEvent
 
     rates = [float(r) for r in args.rates.split(",")]
@@ -609,11 +610,11 @@ def bench_capacity(args, env: dict, logdir: Path) -> dict:
     try:
         wait_http(args.port)
         args.rate = rates[0]
-        openloop_round(args, WEBHOOK, bodies_file, 0, args.warmup)
+        openloop_round(args, args.path, bodies_file, 0, args.warmup)
         for rate in rates:
             wait_drained()  # each step starts with an empty journal
             args.rate = rate
-            step = openloop_round(args, WEBHOOK, bodies_file, offset, args.seconds)
+            step = openloop_round(args, args.path, bodies_file, offset, args.seconds)
             offset += step["due"]
             step["held"] = step["rate_achieved"] >= 0.98 * rate
             step["within"] = (
@@ -633,6 +634,7 @@ def bench_capacity(args, env: dict, logdir: Path) -> dict:
     passed = [s["rate_target"] for s in steps if s["within"]]
     return {
         "loadgen": f"openloop.py (constant rate, open loop), pinned to cpu {args.pin}",
+        "path": args.path,
         "seconds_per_rate": args.seconds,
         "gunicorn_workers": args.workers,
         "steps": [{k: s[k] for k in (*keep, "errors", "held", "within")} for s in steps],
@@ -926,6 +928,9 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=60.0, help="meta: seconds per p99 window")
     parser.add_argument(
         "--rates", default="800,1000,1200,1400", help="capacity: constant rates to step through"
+    )
+    parser.add_argument(
+        "--path", default=WEBHOOK, choices=[WEBHOOK, *BASELINES], help="capacity: the view"
     )
     parser.add_argument("--statuses", type=int, default=20_000)
     parser.add_argument("--per-body", type=int, default=50)
