@@ -504,7 +504,6 @@ def test_a_replay_of_the_journal_changes_nothing(mixed):
     )
 
 
-
 def test_a_late_copy_of_a_message_does_not_bring_back_an_older_profile_name(acme):
     """Dana renames herself between two messages; Meta then delivers the first message again,
     with the name it had then. Both paths keep the newer name (and store nothing new)."""
