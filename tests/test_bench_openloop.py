@@ -60,7 +60,18 @@ def bodies(tmp_path):
 def run(server, bodies, path, rate, seconds, start_at=0):
     url = f"http://127.0.0.1:{server.server_address[1]}{path}"
     requests = load_requests(bodies, url)
-    return uvloop.run(generate(url, requests, rate, seconds, start_at, window=0.5))
+    results = []
+    # In a thread of its own, with its own event loop: the browser tests leave Playwright's
+    # loop running in the main thread.
+    thread = threading.Thread(
+        target=lambda: results.append(
+            uvloop.run(generate(url, requests, rate, seconds, start_at, window=0.5))
+        )
+    )
+    thread.start()
+    thread.join(timeout=60)
+    assert results, "the generator did not finish"
+    return results[0]
 
 
 def test_the_lines_from_start_at_are_each_sent_once(server, bodies):
