@@ -93,6 +93,18 @@ def test_it_refuses_to_start_in_production_naming_exactly_what_is_missing(tmp_pa
         assert named == (name in missing), (name, message)
 
 
+def test_manage_py_says_why_it_refuses_in_one_line(tmp_path):
+    env = production_env(tmp_path)
+    del env["KLAROS_ENCRYPTION_KEYS"]
+
+    result = run_python(["manage.py", "makemigrations", "--check", "--dry-run"], env)
+
+    assert result.returncode == 1
+    assert result.stderr.startswith("manage.py: Klaros refuses to start in production mode")
+    assert "KLAROS_ENCRYPTION_KEYS" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_it_refuses_an_empty_allowed_hosts_value_in_production(tmp_path):
     result = django_setup(production_env(tmp_path, ALLOWED_HOSTS=""))
 
