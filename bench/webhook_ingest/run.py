@@ -484,10 +484,11 @@ class CpuSampler:
         self.totals = dict.fromkeys([*groups, "postgresql"], 0)
         self.last: dict[int, int] = {}
         self.interval = interval
+        self.started = 0.0
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
-    def _sample(self, first: bool = False) -> None:
+    def _sample(self, baseline: bool = False) -> None:
         for pid in os.listdir("/proc"):
             if not pid.isdigit():
                 continue
@@ -502,8 +503,8 @@ class CpuSampler:
             if name is None:
                 continue
             ticks = int(fields[11]) + int(fields[12])
-            previous = self.last.get(int(pid), None if not first else ticks)
-            self.totals[name] += ticks - (previous or 0)
+            if not baseline:
+                self.totals[name] += ticks - self.last.get(int(pid), 0)
             self.last[int(pid)] = ticks
 
     def _run(self) -> None:
@@ -511,7 +512,7 @@ class CpuSampler:
             self._sample()
 
     def start(self) -> None:
-        self._sample(first=True)
+        self._sample(baseline=True)
         self.started = time.monotonic()
         self.thread.start()
 
