@@ -122,6 +122,11 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "apps.tenants.context_processors.tenant",
             ],
+            # The inbox's tag libraries live in its own package, not in an app's templatetags/.
+            "libraries": {
+                "inbox_tags": "apps.conversations.inbox.templatetags.inbox_tags",
+                "media_tags": "apps.conversations.inbox.templatetags.media_tags",
+            },
         },
     },
 ]

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-from apps.conversations.webhook import whatsapp_webhook
+from apps.conversations.inbound.webhook import whatsapp_webhook
 
 from . import views
 
@@ -14,7 +14,7 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("accounts/", include("apps.accounts.urls")),
     path("tenants/", include("apps.tenants.urls")),
-    path("inbox/", include("apps.conversations.urls")),
+    path("inbox/", include("apps.conversations.inbox.urls")),
     path("media/", include("apps.media.urls")),
     path("webhooks/whatsapp/", whatsapp_webhook, name="whatsapp_webhook"),
     path("webhooks/whatsapp/<str:app_id>/", whatsapp_webhook, name="whatsapp_webhook_app"),

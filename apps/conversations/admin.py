@@ -4,7 +4,7 @@ from django.contrib import admin, messages
 
 from apps.audit.services import record
 
-from .journal import replay_quarantined
+from .inbound.journal import replay_quarantined
 from .models import (
     Contact,
     Conversation,

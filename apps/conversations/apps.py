@@ -11,7 +11,7 @@ class ConversationsConfig(AppConfig):
 
         from apps.tenants.models import MetaApp
 
-        from .webhook import forget_app_secrets
+        from .inbound.webhook import forget_app_secrets
 
         # A changed or removed Meta app must not verify webhooks from a stale cache.
         post_save.connect(forget_app_secrets, sender=MetaApp, dispatch_uid="klaros-app-secrets")

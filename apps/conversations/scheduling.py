@@ -11,12 +11,29 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from django.db import models, transaction
+from django.db import connections, models, transaction
 from django.utils import timezone
 
-from .compiled import CompiledExists
-
 logger = logging.getLogger(__name__)
+
+
+class CompiledExists:
+    """`queryset.exists()` for a queryset without parameters that change, compiled once per
+    database alias (the queryset is built lazily, on first use)."""
+
+    def __init__(self, build_queryset):
+        self.build_queryset = build_queryset
+        self._sql: dict[str, tuple[str, tuple]] = {}
+
+    def __call__(self, using: str = "default") -> bool:
+        compiled = self._sql.get(using)
+        if compiled is None:
+            query = self.build_queryset().using(using).query.exists(limit=True)
+            compiled = self._sql[using] = query.get_compiler(using=using).as_sql()
+        sql, params = compiled
+        with connections[using].cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchone() is not None
 
 
 class CoalescedTask:

@@ -1,5 +1,7 @@
-"""State changes of the inbox that views trigger: reading, assignment, closing and reopening,
-and asking Meta to show the customer that their messages were read."""
+"""State changes that both pipelines and the inbox share: reading, assignment, closing and
+reopening a conversation, asking Meta to show the customer that their messages were read, and
+the marketing opt-out that Meta's 131050 refusal stands for (seen by the dispatcher in Graph's
+answer and by ingest in a failed status webhook)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ import uuid
 from django.db import transaction
 
 from apps.audit.services import Actor, record
+from apps.consent.models import ConsentKind, ConsentScope, ConsentSource
+from apps.consent.services import record_consent
 from apps.tenants.models import Membership
 
 from .models import Conversation, ConversationStatus, Direction, Message
@@ -138,3 +142,16 @@ def request_mark_read_at_meta(conversation: Conversation) -> uuid.UUID | None:
 
     transaction.on_commit(enqueue)
     return message_id
+
+
+def record_meta_marketing_refusal(message: Message, wamid: str) -> None:
+    """Meta refused a marketing template with 131050: the customer stopped marketing."""
+    record_consent(
+        message.conversation.contact,
+        kind=ConsentKind.OPT_OUT,
+        scope=ConsentScope.MARKETING,
+        source=ConsentSource.META_ERROR,
+        actor="meta",
+        evidence={"wamid": wamid, "message_id": str(message.pk), "code": 131050},
+        dedupe_key=f"131050:{message.pk}",
+    )

@@ -9,10 +9,10 @@ from apps.tenants.models import CredentialStatus
 from apps.tenants.scoping import in_tenant_scope
 from apps.whatsapp.graph import GraphClient, GraphError, GraphTransportError
 
-from .journal import drain_journal, prune_journal, sweep_journal
+from .inbound.journal import drain_journal, prune_journal, sweep_journal
 from .models import Direction, Message
-from .outbox import dispatch_outbox as _dispatch_outbox
-from .outbox import sweep_outbox
+from .outbound.dispatcher import dispatch_outbox as _dispatch_outbox
+from .outbound.dispatcher import sweep_outbox
 
 logger = logging.getLogger(__name__)
 

@@ -84,7 +84,7 @@ class WhatsAppNumberAdmin(SecretsRequiredOnAddMixin, AuditedAdminMixin, admin.Mo
     @admin.action(description="Sync message templates from Meta")
     def sync_message_templates(self, request, queryset):
         # The admin is the top layer, like a view: it may call the conversations service.
-        from apps.conversations.template_sync import sync_templates
+        from apps.conversations.outbound.template_sync import sync_templates
         from apps.whatsapp.graph import GraphError, GraphTransportError
 
         from .scoping import tenant_scope

@@ -326,7 +326,7 @@ def run_b5(args, db_url: str) -> dict:
     from django.conf import settings
 
     from apps.conversations.models import Message
-    from apps.conversations.outbox import queue_text_reply
+    from apps.conversations.outbound.outbox import queue_text_reply
     from apps.tenants.scoping import tenant_scope, unscoped
 
     reset_outbox()
@@ -498,7 +498,7 @@ def max_in_window(times: list[float], window: float = 1.0) -> int:
 def sequential_dispatch(duration: float) -> int:
     """The baseline: the previous, sequential dispatcher (claim 50, then reconcile, gate, wait
     for the number's slot, call, record: one message at a time), kept as `dispatch_one`."""
-    from apps.conversations.outbox import NumberThrottle, claim_batch, dispatch_one
+    from apps.conversations.outbound.dispatcher import NumberThrottle, claim_batch, dispatch_one
     from apps.tenants.scoping import tenant_scope
 
     throttle, clients, sent = NumberThrottle(), {}, 0
@@ -529,7 +529,7 @@ def run_b7(
     from django.conf import settings
 
     from apps.conversations.models import Message
-    from apps.conversations.outbox import dispatch_outbox
+    from apps.conversations.outbound.dispatcher import dispatch_outbox
     from apps.tenants.scoping import unscoped
 
     reset_outbox()

@@ -12,7 +12,7 @@ from django.urls import path
 from django.views.decorators.csrf import csrf_exempt
 
 from apps.conversations.models import Conversation
-from apps.conversations.outbox import queue_text_reply
+from apps.conversations.outbound.outbox import queue_text_reply
 from apps.tenants.models import Membership
 from apps.tenants.scoping import tenant_scope, unscoped
 from klaros.urls import urlpatterns as product_urlpatterns

@@ -714,8 +714,8 @@ def timed_drain(batch_size: int) -> tuple[int, float]:
     `drain_batch(1, batched=False)`); otherwise `drain_journal` (batched), without the idle
     wait for more webhooks once the journal is empty (`linger=0`): it is not work, and the
     1 s it lasts would be a quarter of a 5,000-message run."""
-    from apps.conversations.ingest import NumberDirectory
-    from apps.conversations.journal import drain_batch, drain_journal
+    from apps.conversations.inbound.ingest import NumberDirectory
+    from apps.conversations.inbound.journal import drain_batch, drain_journal
 
     t0 = time.perf_counter()
     if batch_size == 1:
@@ -733,8 +733,8 @@ def count_statements(batched: bool, batch_size: int) -> tuple[int, int]:
     every statement Django sends, savepoints included; BEGIN/COMMIT are not statements here."""
     from django.db import connection
 
-    from apps.conversations.ingest import NumberDirectory
-    from apps.conversations.journal import drain_batch
+    from apps.conversations.inbound.ingest import NumberDirectory
+    from apps.conversations.inbound.journal import drain_batch
 
     statements = 0
 

@@ -4,9 +4,9 @@ from django.utils import timezone
 
 from apps.consent.models import ConsentEvent, ConsentSource
 from apps.consent.services import consent_state
-from apps.conversations.gate import TEMPLATE, check_send
-from apps.conversations.ingest import get_or_create_conversation
+from apps.conversations.inbound.ingest import get_or_create_conversation
 from apps.conversations.models import Contact, Template
+from apps.conversations.outbound.gate import TEMPLATE, check_send
 from apps.tenants.scoping import tenant_scope, unscoped
 
 pytestmark = pytest.mark.django_db

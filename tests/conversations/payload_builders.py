@@ -417,7 +417,7 @@ def every_inbound_type() -> list[tuple[str, dict, dict]]:
 
 def deliver(client: Any, world: Any, payload: dict | bytes, *, secret: str | None = None):
     """Post a body signed with the world's app secret, then drain the journal in-process."""
-    from apps.conversations.journal import drain_journal
+    from apps.conversations.inbound.journal import drain_journal
 
     body = payload if isinstance(payload, bytes) else encode(payload)
     response = post_signed(client, body, secret or world.credentials.app_secret)

@@ -18,7 +18,7 @@ from django.test import Client
 from django.utils import timezone
 
 from apps.audit.models import AuditEvent
-from apps.conversations.journal import drain_journal
+from apps.conversations.inbound.journal import drain_journal
 from apps.conversations.models import Contact, Conversation, Message, Template, WebhookEvent
 from apps.tenants.scoping import tenant_scope, unscoped
 from apps.whatsapp.simulator import SimNumber

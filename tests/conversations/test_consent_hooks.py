@@ -11,9 +11,10 @@ from django.utils import timezone
 
 from apps.consent.models import ConsentEvent, ConsentKind, ConsentScope, ConsentSource
 from apps.consent.services import OPT_OUT_CONFIRMATION, consent_state
-from apps.conversations.gate import SendRefused
 from apps.conversations.models import Contact, Conversation, Message
-from apps.conversations.outbox import dispatch_outbox, queue_template, queue_text_reply
+from apps.conversations.outbound.dispatcher import dispatch_outbox
+from apps.conversations.outbound.gate import SendRefused
+from apps.conversations.outbound.outbox import queue_template, queue_text_reply
 from apps.tenants.scoping import tenant_scope
 
 from .payload_builders import deliver, text_body

@@ -13,10 +13,10 @@ from django.utils import timezone
 
 from apps.consent.models import ConsentKind, ConsentScope, ConsentSource
 from apps.consent.services import record_consent
-from apps.conversations.gate import SendRefused, check_send
 from apps.conversations.models import Conversation, Template
-from apps.conversations.outbox import (
-    dispatch_outbox,
+from apps.conversations.outbound.dispatcher import dispatch_outbox
+from apps.conversations.outbound.gate import SendRefused, check_send
+from apps.conversations.outbound.outbox import (
     queue_opt_out_confirmation,
     queue_template,
     queue_text_reply,

@@ -10,8 +10,8 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
+from apps.conversations.inbox.listing import PAGE_SIZE, decode_cursor, encode_cursor
 from apps.conversations.models import MetaErrorReport
-from apps.conversations.views import PAGE_SIZE, decode_cursor, encode_cursor
 from apps.tenants.scoping import tenant_scope
 from apps.tenants.services import NumberCredentials, connect_number
 from apps.whatsapp.simulator import SimNumber

@@ -12,7 +12,7 @@ from django.db import connection
 from django.test import Client
 from django.urls import NoReverseMatch, Resolver404, resolve
 
-from apps.conversations.journal import drain_journal
+from apps.conversations.inbound.journal import drain_journal
 from apps.conversations.models import (
     Contact,
     Conversation,
@@ -24,7 +24,7 @@ from apps.conversations.models import (
     WebhookEvent,
     WebhookState,
 )
-from apps.conversations.statuses import apply_pending_statuses
+from apps.conversations.outbound.statuses import apply_pending_statuses
 from apps.tenants.scoping import tenant_scope, unscoped
 from apps.tenants.services import NumberCredentials, connect_number
 

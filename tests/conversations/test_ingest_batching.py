@@ -21,8 +21,8 @@ from django.utils import timezone
 
 from apps.audit.models import AuditEvent
 from apps.consent.models import ConsentEvent, KeywordRule
-from apps.conversations import journal as journal_module
-from apps.conversations.journal import drain_batch
+from apps.conversations.inbound import journal as journal_module
+from apps.conversations.inbound.journal import drain_batch
 from apps.conversations.models import (
     STATUS_RANK,
     Contact,
@@ -594,7 +594,7 @@ def _statements(callable_) -> int:
 
 
 def test_statements_per_batch_do_not_grow_with_the_batch(acme, bravo):
-    from apps.conversations.ingest import NumberDirectory
+    from apps.conversations.inbound.ingest import NumberDirectory
 
     directory = NumberDirectory()
     directory.get(acme.number.phone_number_id)

@@ -12,8 +12,13 @@ from django.utils import timezone
 from django_q.conf import Conf
 from django_q.models import OrmQ
 
-from apps.conversations import journal
-from apps.conversations.journal import drain_batch, drain_journal, replay_quarantined, sweep_journal
+from apps.conversations.inbound import journal
+from apps.conversations.inbound.journal import (
+    drain_batch,
+    drain_journal,
+    replay_quarantined,
+    sweep_journal,
+)
 from apps.conversations.models import (
     JournalDrainFlag,
     Message,
@@ -192,7 +197,7 @@ def test_it_backs_off_longer_after_each_failed_attempt(client, acme, monkeypatch
 def test_it_rolls_back_a_half_ingested_event_so_the_retry_stores_each_message_once(
     client, acme, monkeypatch
 ):
-    from apps.conversations import ingest
+    from apps.conversations.inbound import ingest
 
     first, second = text("first", from_="15550000001"), text("second", from_="15550000002")
     payload = notification(

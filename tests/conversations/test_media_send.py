@@ -13,11 +13,12 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.utils import timezone
 
-from apps.conversations import media_send, outbox
-from apps.conversations.gate import SendRefused
-from apps.conversations.media_send import attach_media_or_settle, queue_media_reply
 from apps.conversations.models import Conversation, Message
-from apps.conversations.outbox import SendError
+from apps.conversations.outbound import dispatcher
+from apps.conversations.outbound import media as media_send
+from apps.conversations.outbound.gate import SendRefused
+from apps.conversations.outbound.media import attach_media_or_settle, queue_media_reply
+from apps.conversations.outbound.outbox import SendError
 from apps.media.models import MediaObject
 from apps.media.services import MediaRejected
 from apps.tenants.scoping import tenant_scope, unscoped
@@ -84,7 +85,7 @@ def test_a_gate_refusal_stores_nothing_and_calls_no_graph(sim, acme, media_root)
     assert stored_files(media_root) == []
     assert outbound_messages(acme) == []
     assert [e.data["path"] for e in audit_events(acme, "send.refused")] == ["agent_media"]
-    outbox.dispatch_outbox(time_budget=1)
+    dispatcher.dispatch_outbox(time_budget=1)
     assert sim.requests() == []
 
 
@@ -163,7 +164,7 @@ def test_the_gate_runs_before_the_file_is_stored_or_queued_in_the_source():
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             lines.setdefault(node.func.id, node.lineno)
-    assert lines["send_gate"] < lines["store_outbound_upload"] < lines["_queue"]
+    assert lines["send_gate"] < lines["store_outbound_upload"] < lines["add_to_outbox_after_gate"]
 
 
 # --- Dispatch -------------------------------------------------------------------------------
@@ -177,7 +178,7 @@ def test_upload_mode_uploads_to_the_simulators_media_endpoint_then_sends_by_id(
     image = png()
     message = queue(acme, conversation, upload("shelf.png", image, "image/png"), "On the shelf")
 
-    assert outbox.dispatch_outbox(time_budget=5) == 1
+    assert dispatcher.dispatch_outbox(time_budget=5) == 1
 
     [uploaded] = media_uploads(sim, acme)
     assert uploaded["form"]["type"] == "image/png"
@@ -202,7 +203,7 @@ def test_link_mode_sends_a_one_use_link_that_meta_can_fetch_once(sim, acme, medi
     conversation = make_conversation(acme)
     message = queue(acme, conversation, upload("invoice.pdf", PDF, "application/pdf"), "Invoice")
 
-    assert outbox.dispatch_outbox(time_budget=5) == 1
+    assert dispatcher.dispatch_outbox(time_budget=5) == 1
 
     assert media_uploads(sim, acme) == []
     [send] = graph_sends(sim, acme)
@@ -232,7 +233,7 @@ def test_a_retryable_upload_error_queues_a_retry_and_a_permanent_one_fails_clear
         Fault(phone_number_id=acme.number.phone_number_id, scope="media", http_status=503)
     )
 
-    outbox.dispatch_outbox(time_budget=0.5)
+    dispatcher.dispatch_outbox(time_budget=0.5)
 
     retry = reload(message)
     assert (retry.status, retry.attempts) == ("queued", 1)
@@ -243,7 +244,7 @@ def test_a_retryable_upload_error_queues_a_retry_and_a_permanent_one_fails_clear
     sim.add_fault(Fault(phone_number_id=acme.number.phone_number_id, scope="media", code=131053))
     with unscoped("test: make the retry due"):
         Message.objects.filter(pk=message.pk).update(next_attempt_at=timezone.now())
-    outbox.dispatch_outbox(time_budget=0.5)
+    dispatcher.dispatch_outbox(time_budget=0.5)
 
     failed = reload(message)
     assert failed.status == "failed"
@@ -259,7 +260,7 @@ def test_an_attachment_erased_before_dispatch_fails_the_message_with_a_reason(
     message = queue(acme, conversation, upload("photo.jpg", JPEG, "image/jpeg"))
     with tenant_scope(acme.tenant):
         MediaObject.objects.all().delete()
-    outbox.dispatch_outbox(time_budget=1)
+    dispatcher.dispatch_outbox(time_budget=1)
     failed = reload(message)
     assert failed.status == "failed"
     assert failed.error_title == "The attachment could not be sent"
@@ -274,7 +275,7 @@ def test_the_gate_is_rechecked_before_anything_is_uploaded(sim, acme, media_root
         Conversation.objects.filter(pk=conversation.pk).update(
             last_inbound_at=timezone.now() - timedelta(hours=25)
         )
-    outbox.dispatch_outbox(time_budget=1)
+    dispatcher.dispatch_outbox(time_budget=1)
     assert reload(message).status == "failed"
     assert sim.requests() == []  # no upload, no send
 
@@ -285,7 +286,7 @@ def test_attach_media_or_settle_leaves_text_payloads_alone_and_fills_media(
     settings.KLAROS_MEDIA_SEND_MODE = "link"
     conversation = make_conversation(acme)
     message = queue(acme, conversation, upload("photo.jpg", JPEG, "image/jpeg"), "Hi")
-    payload = outbox.build_payload(message)
+    payload = dispatcher.build_payload(message)
     assert payload["image"] == {"caption": "Hi"}  # private keys dropped, no reference yet
     with tenant_scope(acme.tenant):
         assert attach_media_or_settle(message, payload) is True
@@ -320,7 +321,7 @@ def test_a_rejected_token_during_the_upload_marks_the_number_broken_and_fails_th
     conversation = make_conversation(acme)
     message = queue(acme, conversation, upload("photo.jpg", JPEG, "image/jpeg"))
     sim.add_fault(Fault(phone_number_id=acme.number.phone_number_id, scope="media", code=190))
-    outbox.dispatch_outbox(time_budget=1)
+    dispatcher.dispatch_outbox(time_budget=1)
     failed = reload(message)
     assert (failed.status, failed.error_code) == ("failed", 190)
     acme.number.refresh_from_db()

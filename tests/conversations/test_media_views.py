@@ -14,8 +14,8 @@ from django.template.loader import render_to_string
 from django.test import Client
 from django.utils import timezone
 
+from apps.conversations.inbox.templatetags.inbox_tags import message_view
 from apps.conversations.models import Message
-from apps.conversations.templatetags.inbox_tags import message_view
 from apps.media.models import MediaObject
 from apps.tenants.scoping import tenant_scope, unscoped
 

@@ -15,19 +15,18 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from apps.conversations import outbox
-from apps.conversations.gate import SendRefused
-from apps.conversations.journal import drain_journal
+from apps.conversations.inbound.journal import drain_journal
 from apps.conversations.models import Message, StatusEvent
-from apps.conversations.outbox import (
-    MAX_ATTEMPTS,
+from apps.conversations.outbound import dispatcher, outbox
+from apps.conversations.outbound.dispatcher import (
     NumberThrottle,
     claim_batch,
     dispatch_one,
     dispatch_outbox,
-    queue_template,
-    queue_text_reply,
 )
+from apps.conversations.outbound.gate import SendRefused
+from apps.conversations.outbound.outbox import queue_template, queue_text_reply
+from apps.conversations.outbound.settle import MAX_ATTEMPTS
 from apps.tenants.models import CredentialStatus, WhatsAppNumber
 from apps.tenants.scoping import tenant_scope
 from apps.whatsapp.graph import explain_error_code
@@ -73,7 +72,7 @@ def test_it_queues_a_reply_with_its_audit_event_and_makes_no_graph_call(
     [audit] = audit_events(acme, "send.queued")
     assert audit.object_id == str(message.pk)
     assert audit.data["path"] == "agent_reply"
-    assert callbacks == [outbox._enqueue_dispatch]  # the worker is woken after commit
+    assert callbacks == [outbox.DISPATCH.enqueue]  # the worker is woken after commit
     assert sim.requests() == []
 
 
@@ -363,7 +362,7 @@ class FakeClock:
 def test_it_spaces_sends_of_one_number_at_the_configured_rate(monkeypatch, settings):
     settings.KLAROS_SEND_RATE_PER_NUMBER = 80
     clock = FakeClock()
-    monkeypatch.setattr(outbox, "time", clock)
+    monkeypatch.setattr(dispatcher, "time", clock)
     throttle = NumberThrottle()
     sends = []
     for _ in range(5):
@@ -375,7 +374,7 @@ def test_it_spaces_sends_of_one_number_at_the_configured_rate(monkeypatch, setti
 
 def test_it_throttles_each_number_independently(monkeypatch):
     clock = FakeClock()
-    monkeypatch.setattr(outbox, "time", clock)
+    monkeypatch.setattr(dispatcher, "time", clock)
     throttle = NumberThrottle(rate=10)
     throttle.wait("a")
     throttle.wait("b")  # another number: no wait

@@ -17,9 +17,10 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from apps.conversations import outbox
 from apps.conversations.models import Conversation, Message, OutboxDrainFlag
-from apps.conversations.outbox import NumberThrottle, claim_batch, dispatch_outbox, queue_text_reply
+from apps.conversations.outbound import dispatcher
+from apps.conversations.outbound.dispatcher import NumberThrottle, claim_batch, dispatch_outbox
+from apps.conversations.outbound.outbox import queue_text_reply
 from apps.tenants.models import CredentialStatus, WhatsAppNumber
 from apps.tenants.scoping import tenant_scope, unscoped
 from apps.whatsapp.simulator import Fault
@@ -133,7 +134,7 @@ def max_in_any_window(starts, window):
 
 def test_the_rate_limiter_never_starts_more_than_its_rate_in_any_window(monkeypatch):
     clock = FakeClock()
-    monkeypatch.setattr(outbox, "time", clock)
+    monkeypatch.setattr(dispatcher, "time", clock)
     rng = random.Random(7)
     throttle = NumberThrottle(rate=80)
     starts = defaultdict(list)
@@ -156,7 +157,7 @@ def test_the_rate_limiter_never_starts_more_than_its_rate_in_any_window(monkeypa
 
 def test_the_rate_limiter_sustains_its_rate_and_spaces_one_number(monkeypatch):
     clock = FakeClock()
-    monkeypatch.setattr(outbox, "time", clock)
+    monkeypatch.setattr(dispatcher, "time", clock)
     throttle = NumberThrottle(rate=80)
     times = [throttle.wait("a") for _ in range(800)]
     assert max_in_any_window(times, 1.0) == 80
@@ -279,14 +280,14 @@ def test_it_keeps_the_lease_of_a_slow_call_so_no_other_dispatcher_can_take_it(
     settings.KLAROS_OUTBOX_LEASE_SECONDS = 1
     message = queue(acme, make_conversation(acme), "slow")
     sim.add_fault(Fault(acme.number.phone_number_id, delay=2.5))  # longer than the lease
-    real_renew = outbox._Dispatcher._renew_leases
+    real_renew = dispatcher._Dispatcher._renew_leases
     stolen = []
 
     def renew_then_try_to_steal(self):
         real_renew(self)
         stolen.extend(claim_batch())  # what a second dispatcher would do now
 
-    monkeypatch.setattr(outbox._Dispatcher, "_renew_leases", renew_then_try_to_steal)
+    monkeypatch.setattr(dispatcher._Dispatcher, "_renew_leases", renew_then_try_to_steal)
     assert dispatch_outbox(time_budget=10) == 1
     assert stolen == []
     assert len(graph_sends(sim)) == 1

@@ -19,7 +19,7 @@ import pytest
 from django.conf import settings as django_settings
 
 from apps.conversations.models import Message
-from apps.conversations.outbox import sweep_outbox
+from apps.conversations.outbound.dispatcher import sweep_outbox
 from apps.tenants.scoping import unscoped
 from apps.whatsapp.simulator import Fault
 from apps.whatsapp.testing import running_simulator, wait_until
@@ -46,8 +46,8 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parents[2]
 LEASE_SECONDS = 2
 GRACE_SECONDS = 10
-# Short lease and grace so the test does not wait 90 s; read by outbox._lease() and
-# outbox._reconcile_grace() in the worker process. The grace must cover the time Meta's status
+# Short lease and grace so the test does not wait 90 s; read by dispatcher._lease() and
+# dispatcher._reconcile_grace() in the worker process. The grace must cover the time Meta's status
 # webhook takes to come back and be drained (the "common case" of R1).
 WORKER_SETTINGS = f"""
 from klaros.settings import *  # noqa: F403
@@ -123,7 +123,7 @@ def enqueue_to_the_broker(monkeypatch):
 def test_it_recovers_every_message_after_the_worker_is_killed_mid_send(
     transactional_db, acme, live_server, tmp_path, enqueue_to_the_broker
 ):
-    from apps.conversations.outbox import queue_text_reply
+    from apps.conversations.outbound.outbox import queue_text_reply
     from apps.tenants.scoping import tenant_scope
 
     count = 6

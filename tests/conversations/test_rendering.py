@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from apps.conversations.templatetags.inbox_tags import osm_link
+from apps.conversations.inbox.templatetags.inbox_tags import osm_link
 
 from .factories import make_conversation, make_message
 

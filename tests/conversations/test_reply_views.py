@@ -13,8 +13,8 @@ from django.utils import timezone
 from apps.audit.models import AuditEvent
 from apps.consent.models import ConsentKind, ConsentScope, ConsentSource
 from apps.consent.services import record_consent
-from apps.conversations import outbox
 from apps.conversations.models import Conversation, Message
+from apps.conversations.outbound import outbox
 from apps.tenants.scoping import tenant_scope
 
 from .factories import make_message
@@ -59,7 +59,7 @@ def test_it_queues_exactly_one_reply_inside_the_window_with_its_audit_event(
     [audit] = audit_events(acme, "send.queued")
     assert audit.object_id == str(message.pk)
     # Only the dispatcher is woken, after commit; the request itself called nothing.
-    assert callbacks == [outbox._enqueue_dispatch]
+    assert callbacks == [outbox.DISPATCH.enqueue]
 
 
 def test_it_answers_htmx_with_a_fresh_composer_and_asks_the_page_to_poll(acme, alice_client):

@@ -1,7 +1,8 @@
 """No send path can bypass the gate. The send paths are enumerated from the source: only
-`outbox._queue` creates outbound messages, only the dispatcher's `outbox._perform` (the Graph
-call of `dispatch_one`, run in a pool thread by the concurrent dispatcher) calls Meta's send
-endpoint, every public `queue_*` service calls `send_gate` before `_queue`, and the dispatcher
+`outbox.add_to_outbox_after_gate` creates outbound messages, only the dispatcher's
+`dispatcher._perform` (the Graph call of `dispatch_one`, run in a pool thread by the concurrent
+dispatcher) calls Meta's send endpoint, every public `queue_*` service calls `send_gate` before
+`add_to_outbox_after_gate`, and the dispatcher
 calls the gate before each Graph call (issue 4: "a test enumerates the send paths")."""
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from apps.conversations import outbox
-from apps.conversations.gate import SendRefused
 from apps.conversations.models import Message
+from apps.conversations.outbound import dispatcher, outbox
+from apps.conversations.outbound.gate import SendRefused
 from apps.tenants.scoping import tenant_scope, unscoped
 
 from .sim_fixtures import (  # noqa: F401 (fixtures)
@@ -117,7 +118,7 @@ def test_it_finds_outbound_messages_created_only_in_the_outbox_queue():
                         keywords["direction"] = value
             if "direction" in keywords and not _not_outbound(keywords["direction"]):
                 creators.append((str(path.relative_to(APPS.parent)), owner[node]))
-    assert creators == [("apps/conversations/outbox.py", "_queue")]
+    assert creators == [("apps/conversations/outbound/outbox.py", "add_to_outbox_after_gate")]
 
 
 def test_it_finds_metas_send_endpoint_called_only_by_the_dispatcher():
@@ -127,7 +128,7 @@ def test_it_finds_metas_send_endpoint_called_only_by_the_dispatcher():
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and _call_name(node) == "send_message":
                 callers.append((str(path.relative_to(APPS.parent)), owner[node]))
-    assert callers == [("apps/conversations/outbox.py", "_perform")]
+    assert callers == [("apps/conversations/outbound/dispatcher.py", "_perform")]
 
 
 def test_it_calls_the_gate_before_queueing_in_the_source_of_every_queue_function():
@@ -141,8 +142,8 @@ def test_it_calls_the_gate_before_queueing_in_the_source_of_every_queue_function
     for name, node in functions.items():
         calls = [n for n in ast.walk(node) if isinstance(n, ast.Call)]
         gate = [n.lineno for n in calls if _call_name(n) == "send_gate"]
-        queue = [n.lineno for n in calls if _call_name(n) == "_queue"]
-        assert gate and queue, f"{name} must call send_gate and _queue"
+        queue = [n.lineno for n in calls if _call_name(n) == "add_to_outbox_after_gate"]
+        assert gate and queue, f"{name} must call send_gate and add_to_outbox_after_gate"
         assert min(gate) < min(queue), f"{name} queues before asking the gate"
 
 
@@ -190,7 +191,7 @@ def test_it_makes_every_queue_function_stop_when_the_gate_refuses(sim, acme, mon
                     call()
     assert len(calls) == len(known)
     assert outbound_messages(acme) == []
-    outbox.dispatch_outbox(time_budget=1)
+    dispatcher.dispatch_outbox(time_budget=1)
     assert graph_sends(sim) == []
 
 
@@ -203,15 +204,15 @@ def test_it_calls_the_gate_before_every_graph_call_of_the_dispatcher(sim, acme, 
             outbox.queue_template(conversation, template, ["A-2"], actor=acme.owner),
             outbox.queue_opt_out_confirmation(conversation, uuid.uuid4()),
         ]
-    real_gate = outbox.send_gate
+    real_gate = dispatcher.send_gate
     seen = []
 
     def witnessing_gate(conversation, **kwargs):
         seen.append((kwargs["path"], kwargs["kind"], len(graph_sends(sim))))
         return real_gate(conversation, **kwargs)
 
-    monkeypatch.setattr(outbox, "send_gate", witnessing_gate)
-    assert outbox.dispatch_outbox(time_budget=5) == 3
+    monkeypatch.setattr(dispatcher, "send_gate", witnessing_gate)
+    assert dispatcher.dispatch_outbox(time_budget=5) == 3
     # One gate call per message, each before that message's Graph call.
     assert seen == [
         ("dispatch", "free_form", 0),
@@ -230,8 +231,8 @@ def test_it_sends_nothing_when_the_gate_refuses_at_dispatch(sim, acme, monkeypat
     def refusing_gate(conversation, **kwargs):
         raise SendRefused("probe", "refused by the probe")
 
-    monkeypatch.setattr(outbox, "send_gate", refusing_gate)
-    outbox.dispatch_outbox(time_budget=1)
+    monkeypatch.setattr(dispatcher, "send_gate", refusing_gate)
+    dispatcher.dispatch_outbox(time_budget=1)
     assert graph_sends(sim) == []
     assert reload(message).status == "failed"
 
@@ -240,7 +241,7 @@ def test_it_never_sends_an_internal_note(sim, acme):
     conversation = make_conversation(acme)
     with tenant_scope(acme.tenant):
         note = outbox.add_internal_note(conversation, "Customer is a VIP", actor=acme.owner)
-    outbox.dispatch_outbox(time_budget=1)
+    dispatcher.dispatch_outbox(time_budget=1)
     assert graph_sends(sim) == []
     with unscoped("test"):
         assert Message.objects.get(pk=note.pk).status == "note"

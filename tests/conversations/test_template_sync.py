@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from apps.conversations.gate import SendRefused
 from apps.conversations.models import Template
-from apps.conversations.outbox import dispatch_outbox, queue_template
-from apps.conversations.template_sync import sync_templates
+from apps.conversations.outbound.dispatcher import dispatch_outbox
+from apps.conversations.outbound.gate import SendRefused
+from apps.conversations.outbound.outbox import queue_template
+from apps.conversations.outbound.template_sync import sync_templates
 from apps.tenants.scoping import tenant_scope
 
 from .sim_fixtures import (  # noqa: F401 (fixtures)

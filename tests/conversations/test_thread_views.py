@@ -189,7 +189,7 @@ def test_it_never_quotes_a_message_of_another_conversation(acme, alice_client):
 
 
 def test_it_pages_back_to_earlier_messages(acme, alice_client, monkeypatch):
-    monkeypatch.setattr("apps.conversations.views.THREAD_PAGE_SIZE", 3)
+    monkeypatch.setattr("apps.conversations.inbox.thread.THREAD_PAGE_SIZE", 3)
     conversation = make_conversation(acme)
     messages = [make_message(conversation) for _ in range(5)]
     html = alice_client.get(url(conversation)).content.decode()

@@ -11,7 +11,7 @@ import logging
 import pytest
 from django.db import OperationalError, connection
 
-from apps.conversations import journal
+from apps.conversations.inbound import journal
 from apps.conversations.models import Message, WebhookEvent
 from apps.tenants.scoping import unscoped
 from apps.whatsapp.signature import sign_body
@@ -406,7 +406,7 @@ def test_it_keeps_the_committed_row_and_answers_200_when_scheduling_the_drain_fa
     """The row is committed before the drain is scheduled. If scheduling then fails, the row is
     durable: Meta gets its 200 (a 5xx would make it deliver the body again) and the periodic
     sweep schedules the drain that processes it."""
-    from apps.conversations.journal import drain_journal, sweep_journal
+    from apps.conversations.inbound.journal import drain_journal, sweep_journal
     from apps.conversations.models import WebhookEvent, WebhookState
 
     def broken_request_drain():
@@ -425,7 +425,7 @@ def test_it_keeps_the_committed_row_and_answers_200_when_scheduling_the_drain_fa
 
 
 def test_it_answers_503_when_the_apps_cannot_be_loaded(client, acme, monkeypatch):
-    from apps.conversations import webhook
+    from apps.conversations.inbound import webhook
 
     def broken_apps(app_id):
         raise OperationalError("database is locked")
@@ -476,7 +476,7 @@ def test_it_accepts_a_newly_connected_app_without_waiting_for_the_cache(client, 
     # can find the new app.
     from django.db.models.signals import post_save
 
-    from apps.conversations.webhook import forget_app_secrets
+    from apps.conversations.inbound.webhook import forget_app_secrets
     from apps.tenants.models import MetaApp
 
     post_save.disconnect(forget_app_secrets, sender=MetaApp, dispatch_uid="klaros-app-secrets")

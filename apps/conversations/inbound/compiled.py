@@ -81,22 +81,3 @@ class CompiledInsert:
         obj._state.adding = False
         obj._state.db = using
         return obj, tuple(returned[1:])
-
-
-class CompiledExists:
-    """`queryset.exists()` for a queryset without parameters that change, compiled once per
-    database alias (the queryset is built lazily, on first use)."""
-
-    def __init__(self, build_queryset):
-        self.build_queryset = build_queryset
-        self._sql: dict[str, tuple[str, tuple]] = {}
-
-    def __call__(self, using: str = "default") -> bool:
-        compiled = self._sql.get(using)
-        if compiled is None:
-            query = self.build_queryset().using(using).query.exists(limit=True)
-            compiled = self._sql[using] = query.get_compiler(using=using).as_sql()
-        sql, params = compiled
-        with connections[using].cursor() as cursor:
-            cursor.execute(sql, params)
-            return cursor.fetchone() is not None

@@ -1,13 +1,14 @@
-"""Where inbound traffic writes the consent ledger: keywords, Meta's marketing preference
-webhook and the 131050 refusal."""
+"""Where inbound traffic writes the consent ledger: keywords (and the one opt-out confirmation
+they queue through the outbox) and Meta's marketing preference webhook. The 131050 refusal,
+which the dispatcher sees too, is `services.record_meta_marketing_refusal`."""
 
 from __future__ import annotations
 
 from apps.consent.models import ConsentKind, ConsentScope, ConsentSource
 from apps.consent.services import consent_state, match_keyword, record_consent
 
-from .models import Conversation, Message
-from .outbox import queue_opt_out_confirmation
+from ..models import Conversation, Message
+from ..outbound.outbox import queue_opt_out_confirmation
 
 
 def handle_consent_keyword(conversation: Conversation, message: Message) -> None:
@@ -31,19 +32,6 @@ def handle_consent_keyword(conversation: Conversation, message: Message) -> None
     )
     if event is not None and kind == ConsentKind.OPT_OUT and not was_suppressed:
         queue_opt_out_confirmation(conversation, event.pk)
-
-
-def record_meta_marketing_refusal(message: Message, wamid: str) -> None:
-    """Meta refused a marketing template with 131050: the customer stopped marketing."""
-    record_consent(
-        message.conversation.contact,
-        kind=ConsentKind.OPT_OUT,
-        scope=ConsentScope.MARKETING,
-        source=ConsentSource.META_ERROR,
-        actor="meta",
-        evidence={"wamid": wamid, "message_id": str(message.pk), "code": 131050},
-        dedupe_key=f"131050:{message.pk}",
-    )
 
 
 def record_marketing_preference(contact, *, value: str, detail: str, occurred_at, key: str):

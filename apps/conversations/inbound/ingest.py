@@ -34,7 +34,7 @@ from apps.whatsapp.payloads import (
     parse_notification,
 )
 
-from .models import (
+from ..models import (
     MEDIA_TYPES,
     STATUS_RANK,
     Contact,
@@ -48,7 +48,9 @@ from .models import (
     Template,
     WebhookEvent,
 )
-from .statuses import update_message_status
+from ..outbound.statuses import update_message_status
+from ..services import record_meta_marketing_refusal
+from .consent import handle_consent_keyword, record_marketing_preference
 
 logger = logging.getLogger(__name__)
 
@@ -183,8 +185,6 @@ def _ingest_change(
     change: Change, number: WhatsAppNumber, event: WebhookEvent, origin: str, result: IngestResult
 ) -> None:
     for preference in change.user_preferences:
-        from .consent_hooks import record_marketing_preference
-
         contact = upsert_contact(number, preference.wa_id, preference.user_id, None)
         record_marketing_preference(
             contact,
@@ -328,8 +328,6 @@ def ingest_inbound_message(
     register_media_of(number, row)
     _touch_conversation(conversation, message.timestamp, preview[:200])
     if message.type in ("text", "button"):
-        from .consent_hooks import handle_consent_keyword
-
         conversation.number = number
         conversation.contact = contact
         conversation.last_inbound_at = max(
@@ -427,8 +425,6 @@ def apply_status(number: WhatsAppNumber, status: StatusUpdate) -> int:
         pricing=status.pricing,
     )
     if status.status == MessageStatus.FAILED and any(e.code == 131050 for e in status.errors):
-        from .consent_hooks import record_meta_marketing_refusal
-
         for message in target.select_related("conversation__contact"):
             record_meta_marketing_refusal(message, status.wamid)
     return changed
@@ -684,8 +680,6 @@ def _ingest_inbound_batch(tenant_id: uuid.UUID, items: list[_Inbound]) -> None:
             filter(None, [conversation.last_inbound_at, item.message.timestamp])
         )
         if item.message.type in ("text", "button"):
-            from .consent_hooks import handle_consent_keyword
-
             conversation.number = item.number
             conversation.contact = contacts[item.contact.pk]
             handle_consent_keyword(conversation, _stored_row(tenant_id, item))
@@ -1097,8 +1091,6 @@ def _apply_status_batch(items: list[tuple[WhatsAppNumber, StatusUpdate]]) -> Non
             outbound.filter(wamid__in=chunk, pricing__isnull=True).update(pricing=pricing)
 
     if refusals:
-        from .consent_hooks import record_meta_marketing_refusal
-
         for wamid in refusals:
             for message in outbound.filter(wamid=wamid).select_related("conversation__contact"):
                 record_meta_marketing_refusal(message, wamid)

@@ -22,6 +22,8 @@ from django.utils import timezone
 
 from apps.tenants.models import MetaApp
 
+from ..models import JournalDrainFlag, WebhookEvent, WebhookState
+from ..scheduling import CoalescedTask
 from . import ingest
 from .compiled import CompiledInsert
 from .ingest import (
@@ -31,8 +33,6 @@ from .ingest import (
     needs_per_event_path,
     parse_notification,
 )
-from .models import JournalDrainFlag, WebhookEvent, WebhookState
-from .scheduling import CoalescedTask
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from django import forms
 from apps.consent.models import ConsentKind, ConsentScope, KeywordRule
 from apps.consent.services import normalise_keyword
 
-from .outbox import MAX_TEXT_LENGTH
+from ..outbound.outbox import MAX_TEXT_LENGTH
 
 NOBODY = ""
 

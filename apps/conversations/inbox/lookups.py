@@ -15,7 +15,7 @@ from django.http import Http404, HttpRequest
 from apps.consent.models import KeywordRule
 from apps.tenants.models import Membership, WhatsAppNumber
 
-from .models import Contact, Conversation, Message, Template
+from ..models import Contact, Conversation, Message, Template
 
 NOT_FOUND = "Not found."
 
@@ -93,3 +93,14 @@ def tenant_memberships(request: HttpRequest) -> QuerySet[Membership]:
         .select_related("user")
         .order_by("user__email")
     )
+
+
+def uuid_or_404(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError as exc:
+        raise Http404("Not found.") from exc
+
+
+def thread_messages(conversation: Conversation) -> QuerySet[Message]:
+    return Message.objects.filter(tenant_id=conversation.tenant_id, conversation=conversation)

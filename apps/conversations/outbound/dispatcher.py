@@ -1,8 +1,7 @@
-"""Outbound messages: queued by services (never a Graph call inside a request), dispatched by a
-worker that re-checks the send gate right before calling Meta.
+"""The outbox dispatcher: the worker that sends queued messages. It claims rows with a lease,
+re-checks the send gate right before each Graph call, throttles per number, and records what
+Meta answered.
 
-Lifecycle: queued → sending (claimed with a lease) → accepted (Meta gave a wamid) → sent /
-delivered / read from status webhooks; or failed with Meta's code and a human explanation.
 A worker killed mid-send leaves the row `sending`; once its lease has expired the row is first
 reconciled from status webhooks carrying `biz_opaque_callback_data` (= the message id), and only
 resent when none arrived within the grace period, so the common case never sends twice.
@@ -12,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import threading
 import time
 from collections import Counter, defaultdict, deque
@@ -23,37 +21,28 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from apps.audit.services import Actor, record
-from apps.tenants.models import CredentialStatus, WhatsAppNumber
+from apps.audit.services import record
+from apps.tenants.models import WhatsAppNumber
 from apps.tenants.scoping import tenant_scope, unscoped
 from apps.whatsapp.graph import GraphClient, GraphError, GraphTransportError, SendResult
 
+from ..models import STATUS_RANK, Direction, Message, MessageStatus, StatusEvent
 from .gate import FREE_FORM, OPT_OUT_CONFIRMATION, TEMPLATE, SendRefused, send_gate
-from .models import (
-    STATUS_RANK,
-    Conversation,
-    Direction,
-    Message,
-    MessageStatus,
-    OutboxDrainFlag,
-    StatusEvent,
-    Template,
-)
-from .scheduling import CoalescedTask
+from .media import attach_media_or_settle
+from .outbox import DISPATCH, is_opt_out_confirmation, request_dispatch
+from .settle import fail_send, handle_graph_error, retry_later
 from .statuses import apply_pending_statuses
 
 logger = logging.getLogger(__name__)
 
-DISPATCH_TASK = "apps.conversations.tasks.dispatch_outbox"
 LEASE = timedelta(seconds=30)
 # After a lease expires with the outcome unknown, wait this long for a status webhook to
 # reconcile the message before sending it again.
 RECONCILE_GRACE = timedelta(seconds=60)
-MAX_ATTEMPTS = 6
 
 
 def _lease() -> timedelta:
@@ -68,226 +57,7 @@ def _reconcile_grace() -> timedelta:
     )
 
 
-MAX_TEXT_LENGTH = 4096
-
-
-class SendError(Exception):
-    """Bad input for a send (empty text, too long); the message is for a person."""
-
-
-# --- Queueing (called by views and other services) ------------------------------------------
-
-
-def queue_text_reply(
-    conversation: Conversation,
-    body: str,
-    *,
-    actor: Actor,
-    quote: Message | None = None,
-    path: str = "agent_reply",
-) -> Message:
-    """Queue a free-form text reply after the send gate allowed it."""
-    if path == OPT_OUT_CONFIRMATION_PATH:
-        raise ValueError("opt-out confirmations are queued by queue_opt_out_confirmation only")
-    body = (body or "").strip()
-    if not body:
-        raise SendError("Write a message first.")
-    if len(body) > MAX_TEXT_LENGTH:
-        raise SendError(f"WhatsApp messages are limited to {MAX_TEXT_LENGTH} characters.")
-    send_gate(conversation, kind=FREE_FORM, path=path, actor=actor)
-    content: dict[str, Any] = {"body": body, "preview_url": False}
-    if quote is not None:
-        if quote.conversation_id != conversation.pk or not quote.wamid:
-            raise SendError("That message cannot be quoted.")
-        content["_context_wamid"] = quote.wamid
-    return _queue(
-        conversation,
-        type="text",
-        content=content,
-        text=body,
-        path=path,
-        actor=actor,
-        context_wamid=quote.wamid if quote is not None else "",
-    )
-
-
-def render_template_text(template: Template, params: list[str]) -> str:
-    """The body text with positional or named variables filled in (for the preview and the
-    thread)."""
-    body = next(
-        (c.get("text", "") for c in template.components if str(c.get("type")).upper() == "BODY"),
-        "",
-    )
-    for index, value in enumerate(params, start=1):
-        body = body.replace(f"{{{{{index}}}}}", value)
-    for name, value in zip(template_variable_names(template), params, strict=False):
-        body = body.replace(f"{{{{{name}}}}}", value)
-    return body
-
-
-def template_variable_names(template: Template) -> list[str]:
-    import re
-
-    body = next(
-        (c.get("text", "") for c in template.components if str(c.get("type")).upper() == "BODY"),
-        "",
-    )
-    seen: list[str] = []
-    for name in re.findall(r"\{\{\s*([A-Za-z0-9_]+)\s*\}\}", body):
-        if name not in seen:
-            seen.append(name)
-    return seen
-
-
-def queue_template(
-    conversation: Conversation,
-    template: Template,
-    params: list[str],
-    *,
-    actor: Actor,
-    path: str = "agent_template",
-) -> Message:
-    """Queue an approved template with its body variables filled in."""
-    # The gate first: it is what refuses a missing template (None), and its refusal is what
-    # an agent needs to read before fixing variables.
-    send_gate(conversation, kind=TEMPLATE, template=template, path=path, actor=actor)
-    names = template_variable_names(template)
-    params = [p.strip() for p in params]
-    if len(params) != len(names) or any(not p for p in params):
-        raise SendError(f"Fill in all {len(names)} variable(s) of {template.name}.")
-    parameters = []
-    for name, value in zip(names, params, strict=True):
-        parameter = {"type": "text", "text": value}
-        if template.parameter_format.upper() == "NAMED":
-            parameter["parameter_name"] = name
-        parameters.append(parameter)
-    content = {
-        "name": template.name,
-        "language": {"code": template.language},
-        "components": [{"type": "body", "parameters": parameters}] if parameters else [],
-    }
-    return _queue(
-        conversation,
-        type="template",
-        content=content,
-        text=render_template_text(template, params),
-        path=path,
-        actor=actor,
-        template=template,
-    )
-
-
-OPT_OUT_CONFIRMATION_PATH = "opt_out_confirmation"
-OPT_OUT_CONFIRMATION_KEY = "opt-out-confirmation:"
-
-
-def is_opt_out_confirmation(message: Message) -> bool:
-    """The one message a suppressed contact may still receive. Recognised by its idempotency key,
-    which only queue_opt_out_confirmation writes (one per consent event)."""
-    return message.send_path == OPT_OUT_CONFIRMATION_PATH and message.idempotency_key.startswith(
-        OPT_OUT_CONFIRMATION_KEY
-    )
-
-
-def queue_opt_out_confirmation(conversation: Conversation, consent_event_id: Any) -> Message | None:
-    """The single short reply confirming an opt-out (idempotent per consent event)."""
-    from apps.consent.services import OPT_OUT_CONFIRMATION as TEXT
-
-    try:
-        send_gate(
-            conversation,
-            kind=OPT_OUT_CONFIRMATION,
-            path=OPT_OUT_CONFIRMATION_PATH,
-            actor="system:consent",
-        )
-    except SendRefused:
-        return None
-    try:
-        return _queue(
-            conversation,
-            type="text",
-            content={"body": TEXT, "preview_url": False},
-            text=TEXT,
-            path=OPT_OUT_CONFIRMATION_PATH,
-            actor="system:consent",
-            idempotency_key=f"{OPT_OUT_CONFIRMATION_KEY}{consent_event_id}",
-        )
-    except IntegrityError:
-        return None
-
-
-def add_internal_note(conversation: Conversation, text: str, *, actor: Actor) -> Message:
-    """A note for colleagues. Never sent: it has no outbox status and no wamid."""
-    text = (text or "").strip()
-    if not text:
-        raise SendError("Write a note first.")
-    with transaction.atomic():
-        note = Message.objects.create(
-            tenant_id=conversation.tenant_id,
-            conversation=conversation,
-            direction=Direction.NOTE,
-            type="note",
-            content={"body": text},
-            text=text,
-            status=MessageStatus.NOTE,
-            sent_at=timezone.now(),
-            sent_by=actor if getattr(actor, "is_authenticated", False) else None,
-            send_path="note",
-        )
-        record("conversation.note_added", note, actor=actor)
-    return note
-
-
-def _queue(
-    conversation: Conversation,
-    *,
-    type: str,
-    content: dict,
-    text: str,
-    path: str,
-    actor: Actor,
-    template: Template | None = None,
-    context_wamid: str = "",
-    idempotency_key: str = "",
-) -> Message:
-    with transaction.atomic():
-        message = Message.objects.create(
-            tenant_id=conversation.tenant_id,
-            conversation=conversation,
-            direction=Direction.OUTBOUND,
-            type=type,
-            content=content,
-            text=text,
-            status=MessageStatus.QUEUED,
-            status_rank=STATUS_RANK[MessageStatus.QUEUED],
-            sent_at=timezone.now(),
-            sent_by=actor if getattr(actor, "is_authenticated", False) else None,
-            send_path=path,
-            template=template,
-            context_wamid=context_wamid,
-            idempotency_key=idempotency_key,
-        )
-        Conversation.objects.filter(pk=conversation.pk).update(
-            last_message_at=message.sent_at, last_message_preview=text[:200]
-        )
-        record(
-            "send.queued",
-            message,
-            actor=actor,
-            data={"path": path, "type": type, "conversation_id": str(conversation.pk)},
-        )
-        request_dispatch()
-    return message
-
-
-DISPATCH = CoalescedTask(OutboxDrainFlag, DISPATCH_TASK, group="outbox", label="outbox dispatcher")
-request_dispatch = DISPATCH.request
-_enqueue_dispatch = DISPATCH.enqueue
-
-
-# --- Dispatch (the worker) --------------------------------------------------------------------
-#
-# One dispatcher process sends with many HTTP calls in flight (Little's law: 80 mps at ~300 ms
+# # One dispatcher process sends with many HTTP calls in flight (Little's law: 80 mps at ~300 ms
 # per call is ~24 calls in flight per number). The main thread does all database work on its
 # one connection: claim, reconcile, the gate re-check, the lease check, recording the result
 # and its audit event. Only the Graph call itself runs in a bounded thread pool
@@ -606,7 +376,7 @@ def _checked_attempt(
             actor="system:outbox",
         )
     except SendRefused as refusal:
-        _fail(
+        fail_send(
             message,
             code=None,
             title="Refused by the send gate",
@@ -615,14 +385,11 @@ def _checked_attempt(
         )
         return None
     payload = build_payload(message)
-    if "_media_object_id" in message.content:
-        # After the gate: upload the attachment to Meta (or mint its one-use link) only for a
-        # send the gate allows. Main thread: it reads and writes the media row. False: the
-        # message was failed or queued for a retry (media_send.attach_media_or_settle).
-        from .media_send import attach_media_or_settle
-
-        if not attach_media_or_settle(message, payload):
-            return None
+    # After the gate: upload the attachment to Meta (or mint its one-use link) only for a
+    # send the gate allows. Main thread: it reads and writes the media row. False: the
+    # message was failed or queued for a retry (media.attach_media_or_settle).
+    if "_media_object_id" in message.content and not attach_media_or_settle(message, payload):
+        return None
     return _Attempt(
         message=message,
         number=number,
@@ -700,7 +467,7 @@ def _record_outcome(attempt: _Attempt, outcome: _Outcome) -> int:
     if outcome.crash is not None:
         raise outcome.crash
     if outcome.error is not None:
-        return _handle_graph_error(message, number, outcome.error)
+        return handle_graph_error(message, number, outcome.error)
     if outcome.transport is not None:
         if outcome.transport.outcome_unknown:
             # Meta may have the message: keep it `sending` so the next pass reconciles it from
@@ -713,7 +480,7 @@ def _record_outcome(attempt: _Attempt, outcome: _Outcome) -> int:
                 next_attempt_at=now + _lease() + _reconcile_grace(),
             )
         else:
-            _retry_later(message, str(outcome.transport))
+            retry_later(message, str(outcome.transport))
         return 0
     assert outcome.result is not None
     with transaction.atomic():
@@ -1072,79 +839,9 @@ def build_payload(message: Message) -> dict[str, Any]:
     return payload
 
 
-def _handle_graph_error(message: Message, number: WhatsAppNumber, error: GraphError) -> int:
-    if error.token_invalid:
-        with transaction.atomic():
-            # Several calls of the number may have been in flight when the token broke: alert
-            # once, on the change.
-            changed = (
-                WhatsAppNumber.objects.filter(pk=number.pk)
-                .exclude(credential_status=CredentialStatus.BROKEN)
-                .update(
-                    credential_status=CredentialStatus.BROKEN,
-                    credential_error=f"({error.code}) {error.title}"[:300],
-                )
-            )
-            if changed:
-                record(
-                    "number.credentials_broken",
-                    number,
-                    actor="system:outbox",
-                    data={"code": error.code},
-                )
-            _fail(
-                message,
-                code=error.code,
-                title=error.title,
-                details=error.human_explanation,
-                audit="send.failed",
-            )
-        return 0
-    if error.retryable and message.attempts < MAX_ATTEMPTS:
-        _retry_later(message, f"({error.code}) {error.title}")
-        return 0
-    if error.code == 131050:
-        from .consent_hooks import record_meta_marketing_refusal
-
-        record_meta_marketing_refusal(message, "")
-    _fail(
-        message,
-        code=error.code,
-        title=error.title,
-        details=error.human_explanation,
-        audit="send.failed",
-    )
-    return 0
-
-
-def _retry_later(message: Message, reason: str) -> None:
-    delay = min(2**message.attempts, 300) * random.uniform(0.8, 1.3)  # noqa: S311 (jitter)
-    Message.objects.filter(pk=message.pk).update(
-        status=MessageStatus.QUEUED,
-        status_rank=STATUS_RANK[MessageStatus.QUEUED],
-        lease_until=None,
-        next_attempt_at=timezone.now() + timedelta(seconds=delay),
-        error_title=f"Retrying: {reason}"[:300],
-    )
-
-
 def _release(message: Message, *, keep_sending: bool, lease_until, next_attempt_at) -> None:
     Message.objects.filter(pk=message.pk).update(
         status=MessageStatus.SENDING if keep_sending else MessageStatus.QUEUED,
         lease_until=lease_until,
         next_attempt_at=next_attempt_at,
     )
-
-
-def _fail(message: Message, *, code: int | None, title: str, details: str, audit: str) -> None:
-    with transaction.atomic():
-        Message.objects.filter(pk=message.pk).update(
-            status=MessageStatus.FAILED,
-            status_rank=STATUS_RANK[MessageStatus.FAILED],
-            lease_until=None,
-            next_attempt_at=None,
-            error_code=code,
-            error_title=(title or "")[:300],
-            error_details=details or "",
-        )
-        record(audit, message, actor="system:outbox", data={"code": code, "title": title})

@@ -23,7 +23,7 @@ from apps.audit.services import Actor, record
 from apps.consent.services import consent_state
 from apps.tenants.models import CredentialStatus
 
-from .models import Conversation, Template, TemplateStatus
+from ..models import Conversation, Template, TemplateStatus
 
 CUSTOMER_SERVICE_WINDOW = timedelta(hours=24)
 

@@ -5,10 +5,10 @@ Queueing (`queue_media_reply`, in the request):
 1. the send gate (FREE_FORM) first: a refused send stores nothing;
 2. `store_outbound_upload` checks the bytes (type, size, names that lie) and stores the file
    privately, or raises MediaRejected with a sentence for the agent;
-3. `_queue` creates the outbox row (type = the media kind) and the row is linked to the media
-   object in the same transaction. The content keeps `_media_object_id` (private keys never
-   reach Meta: `build_payload` drops them) plus the caption (image, video, document) and the
-   filename (document).
+3. `add_to_outbox_after_gate` creates the outbox row (type = the media kind) and the row is
+   linked to the media object in the same transaction. The content keeps `_media_object_id`
+   (private keys never reach Meta: `build_payload` drops them) plus the caption (image, video,
+   document) and the filename (document).
 
 Sending (`attach_media_or_settle`, called by the dispatcher right after its gate re-check):
 `prepare_media_payload` turns `_media_object_id` into `{"id": ...}` (KLAROS_MEDIA_SEND_MODE
@@ -18,7 +18,7 @@ link on KLAROS_PUBLIC_URL that Meta fetches).
 It runs in the dispatcher's main thread, inside the tenant's scope, not in the pool threads:
 it reads the media row, writes Meta's media id (upload) or the link's nonce (link) on it, and
 settles the message when preparation fails; the pool threads have no database access by
-design (see outbox.py). The price: an upload (up to 16 MB for video, 100 MB for documents)
+design (see dispatcher.py). The price: an upload (up to 16 MB for video, 100 MB for documents)
 holds the main loop for its duration. A retried send reuses the media id of an earlier
 successful upload, so a file is uploaded once per message in the common case.
 """
@@ -43,8 +43,10 @@ from apps.media.services import (
 )
 from apps.whatsapp.graph import GraphError, GraphTransportError
 
+from ..models import Conversation, Message
 from .gate import FREE_FORM, send_gate
-from .models import Conversation, Message
+from .outbox import SendError, add_to_outbox_after_gate
+from .settle import MAX_ATTEMPTS, fail_send, handle_graph_error, retry_later
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +81,6 @@ def queue_media_reply(
     Raises SendRefused (the gate; nothing stored), MediaRejected (the file; nothing stored) or
     SendError (the caption; nothing kept). Never calls Graph: the dispatcher does.
     """
-    from .outbox import SendError, _queue
-
     caption = (caption or "").strip()
     if len(caption) > MAX_CAPTION_LENGTH:
         raise SendError(f"Captions are limited to {MAX_CAPTION_LENGTH} characters.")
@@ -106,10 +106,11 @@ def queue_media_reply(
         if media_object.kind == MediaKind.DOCUMENT:
             content["filename"] = media_object.safe_name
         with transaction.atomic():
-            # Registered before _queue's own hooks, so it has run when one of those raises:
-            # an error after the commit must not erase the file of a queued message.
+            # Registered before add_to_outbox_after_gate's own hooks, so it has run when one of
+            # those raises: an error after the commit must not erase the file of a queued
+            # message.
             transaction.on_commit(lambda: committed.append(True))
-            message = _queue(
+            message = add_to_outbox_after_gate(
                 conversation,
                 type=str(media_object.kind),
                 content=content,
@@ -170,13 +171,11 @@ def attach_media_or_settle(message: Message, payload: dict[str, Any]) -> bool:
     """Called by the dispatcher after the gate re-check: put the media reference into
     `payload`. True: send it. False: the message was settled here (failed with a reason an
     agent can read, or queued again for a retry) and must not be sent this time."""
-    from .outbox import MAX_ATTEMPTS, _fail, _handle_graph_error, _retry_later
-
     try:
         payload[message.type] = prepare_media_payload(message)
         return True
     except MediaRejected as rejected:
-        _fail(
+        fail_send(
             message,
             code=None,
             title="The attachment could not be sent",
@@ -194,10 +193,10 @@ def attach_media_or_settle(message: Message, payload: dict[str, Any]) -> bool:
             if error.token_invalid:
                 # The outbox's own handling: the number's credentials are marked broken (once),
                 # the message fails, and the gate refuses the number's other sends.
-                _handle_graph_error(message, message.conversation.number, error)
+                handle_graph_error(message, message.conversation.number, error)
                 return False
             if not error.retryable or message.attempts >= MAX_ATTEMPTS:
-                _fail(
+                fail_send(
                     message,
                     code=error.code,
                     title=f"WhatsApp refused the attachment: {error.title}"[:300],
@@ -205,10 +204,10 @@ def attach_media_or_settle(message: Message, payload: dict[str, Any]) -> bool:
                     audit="send.failed",
                 )
                 return False
-            _retry_later(message, f"uploading the attachment: ({error.code}) {error.title}")
+            retry_later(message, f"uploading the attachment: ({error.code}) {error.title}")
             return False
         if message.attempts >= MAX_ATTEMPTS:
-            _fail(
+            fail_send(
                 message,
                 code=None,
                 title="The attachment could not be uploaded to WhatsApp",
@@ -216,5 +215,5 @@ def attach_media_or_settle(message: Message, payload: dict[str, Any]) -> bool:
                 audit="send.failed",
             )
             return False
-        _retry_later(message, f"uploading the attachment: {error}")
+        retry_later(message, f"uploading the attachment: {error}")
         return False

@@ -3,7 +3,7 @@ apply statuses that arrived before the message's wamid was known."""
 
 from __future__ import annotations
 
-from .models import STATUS_RANK, Message, MessageStatus, StatusEvent
+from ..models import STATUS_RANK, Message, MessageStatus, StatusEvent
 
 
 def update_message_status(

@@ -12,7 +12,7 @@ from apps.audit.services import Actor, record
 from apps.tenants.models import WhatsAppNumber
 from apps.whatsapp.graph import GraphClient
 
-from .models import Template
+from ..models import Template
 
 
 @dataclass

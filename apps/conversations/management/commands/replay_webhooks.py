@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand
 
 from apps.audit.services import record
-from apps.conversations.journal import drain_journal, replay_quarantined
+from apps.conversations.inbound.journal import drain_journal, replay_quarantined
 from apps.conversations.models import WebhookEvent, WebhookState
 
 

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.conversations.template_sync import sync_templates
+from apps.conversations.outbound.template_sync import sync_templates
 from apps.tenants.models import WhatsAppNumber
 from apps.tenants.scoping import tenant_scope, unscoped
 from apps.whatsapp.graph import GraphError, GraphTransportError
