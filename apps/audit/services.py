@@ -40,7 +40,9 @@ def mask_secrets(value: Any, key: str = "") -> Any:
     return str(value)
 
 
-def _actor_fields(actor: Actor) -> tuple[str, str]:
+def actor_fields(actor: Actor) -> tuple[str, str]:
+    """(actor_type, actor_id) as audit and consent rows store them: a user or operator by
+    primary key, `"kind:id"` strings split, None as the system."""
     if actor is None:
         return "system", ""
     if isinstance(actor, str):
@@ -81,7 +83,7 @@ def record(
     """
     tenant_id = _tenant_id_for(obj, tenant)
     chain = str(tenant_id) if tenant_id else DEPLOYMENT_CHAIN
-    actor_type, actor_id = _actor_fields(actor)
+    actor_type, actor_id = actor_fields(actor)
     with transaction.atomic():
         # Lock the chain head so concurrent writers take consecutive sequence numbers.
         head, _ = AuditChainHead.objects.select_for_update().get_or_create(chain=chain)

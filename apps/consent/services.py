@@ -11,7 +11,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from apps.audit.services import Actor, _actor_fields, record
+from apps.audit.services import Actor, actor_fields, record
 
 from .models import ConsentEvent, ConsentKind, ConsentScope, ConsentSource, KeywordRule
 
@@ -122,7 +122,7 @@ def record_consent(
         raise ValueError("unknown consent kind or scope")
     if source not in ConsentSource.values:
         raise ValueError("unknown consent source")
-    actor_type, actor_id = _actor_fields(actor)
+    actor_type, actor_id = actor_fields(actor)
     event = ConsentEvent(
         tenant_id=contact.tenant_id,
         contact=contact,

@@ -297,9 +297,10 @@ def reply_endpoint(owner, tenant) -> tuple[str, dict[str, str], str]:
     """The product's reply endpoint with a logged-in agent's session and CSRF token (as the
     inbox's htmx form posts it), or the bench view when the product has none."""
     from django.conf import settings
-    from django.middleware.csrf import _get_new_csrf_string
+    from django.middleware.csrf import CSRF_ALLOWED_CHARS, CSRF_SECRET_LENGTH
     from django.test import Client
     from django.urls import NoReverseMatch, reverse
+    from django.utils.crypto import get_random_string
 
     from apps.tenants.middleware import SESSION_KEY
 
@@ -313,7 +314,8 @@ def reply_endpoint(owner, tenant) -> tuple[str, dict[str, str], str]:
     session = client.session
     session[SESSION_KEY] = str(tenant.pk)
     session.save()
-    csrf = _get_new_csrf_string()
+    # A CSRF secret as Django mints one (its cookie value when CSRF_USE_SESSIONS is off).
+    csrf = get_random_string(CSRF_SECRET_LENGTH, allowed_chars=CSRF_ALLOWED_CHARS)
     cookie = (
         f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}; "
         f"{settings.CSRF_COOKIE_NAME}={csrf}"
