@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import composer, contact, listing, thread, workspace
+from . import activity, composer, contact, listing, thread, workspace
 
 urlpatterns = [
     path("", listing.inbox, name="inbox"),
@@ -25,6 +25,8 @@ urlpatterns = [
     path("contacts/<uuid:pk>/", contact.contact_detail, name="contact"),
     path("contacts/<uuid:pk>/consent/", contact.contact_consent, name="contact_consent"),
     path("settings/", workspace.workspace_settings, name="inbox_settings"),
+    path("activity/", activity.activity, name="inbox_activity"),
+    path("activity/export.csv", activity.activity_export, name="inbox_activity_export"),
     path("settings/keywords/", workspace.keyword_rule_add, name="keyword_rule_add"),
     path(
         "settings/keywords/<uuid:pk>/delete/",
