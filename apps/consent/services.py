@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -78,28 +79,54 @@ class ConsentState:
         return "No marketing opt-in recorded"
 
 
+@dataclass(frozen=True)
+class ScopeState:
+    """The current answer of one scope: the kind in force (None: nothing recorded), since when,
+    and from which source."""
+
+    kind: str | None
+    since: datetime | None
+    source: str
+
+
+@dataclass(frozen=True)
+class LedgerFold:
+    everything: ScopeState
+    marketing: ScopeState
+
+
+NOTHING = ScopeState(None, None, "")
+
+
+def fold_ledger(events: Iterable[Any]) -> LedgerFold:
+    """The current state per scope of one contact's events, oldest first (each with `scope`,
+    `kind`, `occurred_at` and `source`). The rules of the send gate: an opt-out of everything is
+    also an opt-out of marketing; an opt-in to everything (START) lifts the suppression but is
+    not a marketing opt-in."""
+    everything = marketing = NOTHING
+    for event in events:
+        state = ScopeState(event.kind, event.occurred_at, event.source)
+        if event.scope == ConsentScope.ALL:
+            everything = state
+            if event.kind == ConsentKind.OPT_OUT:
+                marketing = state
+            elif marketing.kind == ConsentKind.OPT_OUT:
+                marketing = NOTHING
+        else:
+            marketing = state
+    return LedgerFold(everything=everything, marketing=marketing)
+
+
 def consent_state(contact: Any) -> ConsentState:
     events = list(
         ConsentEvent.objects.filter(contact=contact).order_by("occurred_at", "created_at")
     )
-    all_kind = None
-    marketing_kind = None
-    for event in events:
-        if event.scope == ConsentScope.ALL:
-            all_kind = event.kind
-            # An opt-out of everything is also an opt-out of marketing; an opt-in to
-            # everything (START) lifts the suppression but is not a marketing opt-in.
-            if event.kind == ConsentKind.OPT_OUT:
-                marketing_kind = ConsentKind.OPT_OUT
-            elif marketing_kind == ConsentKind.OPT_OUT:
-                marketing_kind = None
-        else:
-            marketing_kind = event.kind
-    suppressed = all_kind == ConsentKind.OPT_OUT
+    fold = fold_ledger(events)
+    suppressed = fold.everything.kind == ConsentKind.OPT_OUT
     return ConsentState(
         suppressed=suppressed,
-        marketing_opted_out=suppressed or marketing_kind == ConsentKind.OPT_OUT,
-        marketing_opted_in=not suppressed and marketing_kind == ConsentKind.OPT_IN,
+        marketing_opted_out=suppressed or fold.marketing.kind == ConsentKind.OPT_OUT,
+        marketing_opted_in=not suppressed and fold.marketing.kind == ConsentKind.OPT_IN,
         last_event=events[-1] if events else None,
     )
 
