@@ -15,6 +15,7 @@ urlpatterns = [
     path("accounts/", include("apps.accounts.urls")),
     path("tenants/", include("apps.tenants.urls")),
     path("inbox/", include("apps.conversations.inbox.urls")),
+    path("inbox/export/", include("apps.privacy.urls")),
     path("media/", include("apps.media.urls")),
     path("webhooks/whatsapp/", whatsapp_webhook, name="whatsapp_webhook"),
     path("webhooks/whatsapp/<str:app_id>/", whatsapp_webhook, name="whatsapp_webhook_app"),
