@@ -78,7 +78,11 @@ class ConsentEvent(TenantOwnedModel):
                 name="consent_event_unique_dedupe",
             )
         ]
-        indexes = [models.Index(fields=["contact", "scope", "-occurred_at"], name="consent_idx")]
+        indexes = [
+            models.Index(fields=["contact", "scope", "-occurred_at"], name="consent_idx"),
+            # The contact-book export reads a chunk's events by a range of contact ids.
+            models.Index(fields=["tenant", "contact"], name="consent_contact_book_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} ({self.scope}) via {self.source}"

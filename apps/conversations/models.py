@@ -43,6 +43,11 @@ class Contact(TenantOwnedModel):
                 condition=~Q(wa_id="", user_id=""), name="contact_has_an_identity"
             ),
         ]
+        # The contact book is read in keyset chunks by id within one tenant (the export):
+        # without the tenant in front, a small tenant's chunk walks past every other tenant's
+        # contacts whose random ids fall in between. The conversation and consent indexes on
+        # (tenant, contact) serve the same chunks.
+        indexes = [models.Index(fields=["tenant", "id"], name="contact_tenant_book_idx")]
 
     def __str__(self) -> str:
         return self.display_name
@@ -97,6 +102,8 @@ class Conversation(TenantOwnedModel):
             models.Index(
                 fields=["tenant", "status", "-last_message_at", "-id"], name="conv_status_idx"
             ),
+            # The contact-book export reads a chunk's conversations by a range of contact ids.
+            models.Index(fields=["tenant", "contact"], name="conv_contact_book_idx"),
         ]
 
     def __str__(self) -> str:
