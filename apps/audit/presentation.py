@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from django.apps import apps
 from django.contrib.auth import get_user_model
 
 from .models import AuditEvent
@@ -57,10 +58,16 @@ def actor_label(event: AuditEvent, emails: dict[str, str], *, show_operators: bo
 
 
 def object_label(event: AuditEvent) -> str:
+    """The object as a person reads it: its model's name and the start of its id (the full id
+    is on the detail page and in the CSV)."""
     if not event.object_type:
         return ""
-    model = event.object_type.rsplit(".", 1)[-1]
-    return f"{model} {event.object_id}" if event.object_id else model
+    try:
+        name = str(apps.get_model(event.object_type)._meta.verbose_name)
+    except (LookupError, ValueError):
+        name = event.object_type.rsplit(".", 1)[-1]
+    name = name[:1].upper() + name[1:]
+    return f"{name} {event.object_id[:8]}" if event.object_id else name
 
 
 def _short(value: Any) -> str:
