@@ -46,9 +46,6 @@ NOT_AUDITED = {
     "retry_later": "a retry is a step of an audited send",
     "claim_batch": "lease bookkeeping of the dispatcher",
     "sweep_outbox": "wakes the dispatcher",
-    # Meta's delivery progress (sent, delivered, read) is data about the message, not an
-    # action; Meta's failures are audited where they are applied.
-    "update_message_status": "delivery progress from Meta",
     # Media bookkeeping: the file's arrival and Meta's media id; deleting media is audited.
     "register_inbound_media": "records that Meta announced a file",
     "upload_outbound_media_to_meta": "stores Meta's media id of an audited send",

@@ -368,6 +368,44 @@ def test_it_records_a_failure_after_delivered_without_moving_the_status_back(cli
     assert message.error_details == "Receiver is incapable"
 
 
+def failure_events(message) -> list:
+    from apps.audit.models import AuditEvent
+
+    with unscoped("test reads the log"):
+        return list(
+            AuditEvent.objects.filter(action="send.failed", object_id=str(message.pk)).order_by(
+                "seq"
+            )
+        )
+
+
+def test_it_audits_metas_asynchronous_failure_once_however_often_it_arrives(client, acme):
+    sent = outbound(acme)
+    error = meta_error(131026, "Message undeliverable", "Receiver is incapable")
+    for _ in range(3):
+        deliver(client, acme, status_body(acme, status(sent.wamid, "failed", errors=[error])))
+    [event] = failure_events(sent)
+    assert (event.actor_type, event.data["code"]) == ("meta", 131026)
+    assert event.data["reported_by"] == "status webhook"
+    assert event.tenant_id == acme.tenant.pk
+
+
+def test_the_one_by_one_status_path_audits_the_failure_once_too(acme):
+    from apps.conversations.outbound.statuses import update_message_status
+
+    sent = outbound(acme)
+    with tenant_scope(acme.tenant):
+        for _ in range(2):
+            update_message_status(
+                Message.objects.filter(pk=sent.pk),
+                MessageStatus.FAILED,
+                errors=[(131049, "Not delivered for ecosystem", "")],
+                pricing=None,
+            )
+    [event] = failure_events(sent)
+    assert event.data["code"] == 131049
+
+
 def test_it_keeps_a_status_for_an_unknown_wamid_and_applies_it_when_the_message_appears(
     client, acme
 ):

@@ -48,7 +48,7 @@ from ..models import (
     Template,
     WebhookEvent,
 )
-from ..outbound.statuses import update_message_status
+from ..outbound.statuses import record_meta_failures, update_message_status
 from ..services import record_meta_marketing_refusal
 from .consent import handle_consent_keyword, record_marketing_preference
 
@@ -1079,6 +1079,7 @@ def _apply_status_batch(items: list[tuple[WhatsAppNumber, StatusUpdate]]) -> Non
         by_error[error].append(wamid)
     for (code, title, details), wamids in by_error.items():
         for chunk in _chunks(wamids):
+            record_meta_failures(outbound.filter(wamid__in=chunk), code, title)
             outbound.filter(wamid__in=chunk).update(
                 error_code=code, error_title=title, error_details=details
             )
