@@ -47,7 +47,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import requests
 
-from .signature import SIGNATURE_HEADER, dumps_like_meta, sign_body
+from ..signature import SIGNATURE_HEADER, dumps_like_meta, sign_body
 
 __all__ = [
     "ERROR_CATALOG",
