@@ -18,7 +18,8 @@ Run it in-process (``MetaSimulator(...).start()``, see :mod:`apps.whatsapp.testi
 control API: it is a development tool, never expose it.
 """
 
-from .graph import ERROR_CATALOG, Fault, MetaSimulator, SimError, SimNumber, parse_number_spec
+from .errors import ERROR_CATALOG, SimError
+from .graph import Fault, MetaSimulator, SimNumber, parse_number_spec
 
 __all__ = [
     "ERROR_CATALOG",

@@ -48,12 +48,17 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import requests
 
 from ..signature import SIGNATURE_HEADER, dumps_like_meta, sign_body
+from .errors import (
+    SimError,
+    async_error,
+    fbtrace_id,
+    token_error,
+    unknown_object,
+)
 
 __all__ = [
-    "ERROR_CATALOG",
     "Fault",
     "MetaSimulator",
-    "SimError",
     "SimNumber",
     "parse_number_spec",
 ]
@@ -61,7 +66,6 @@ __all__ = [
 logger = logging.getLogger("klaros.whatsapp.simulator")
 
 MAX_BODY_BYTES = 120 * 1024 * 1024
-ERROR_HREF = "/documentation/business-messaging/whatsapp/support/error-codes"
 _VERSION_RE = re.compile(r"^/v\d+\.\d+(?=/)")
 _DOWNLOAD_PATH = "/whatsapp_business/attachments/"
 _TEMPLATE_LIST_STATUSES = frozenset(
@@ -105,152 +109,6 @@ _MEDIA_LIMITS: dict[str, int] = {
     "image/webp": 500 * 1024,
     **dict.fromkeys(["video/mp4", "video/3gpp"], 16 * 1024 * 1024),
 }
-
-# code -> (HTTP status, title, details). HTTP statuses follow the reference's §12.3 table.
-ERROR_CATALOG: dict[int, tuple[int, str, str]] = {
-    1: (400, "An unknown error occurred", "An unknown error occurred."),
-    2: (503, "Service temporarily unavailable", "Service temporarily unavailable."),
-    4: (400, "Application request limit reached", "Too many calls from this app."),
-    100: (400, "Invalid parameter", "Invalid parameter."),
-    131000: (500, "Something went wrong", "Message failed to send because of an unknown error."),
-    131005: (403, "Access denied", "Permission is either not granted or has been removed."),
-    131008: (400, "Required parameter is missing", "A required parameter is missing."),
-    131009: (400, "Parameter value is not valid", "One or more parameter values are invalid."),
-    131016: (503, "Service unavailable", "A service is temporarily unavailable."),
-    131026: (
-        400,
-        "Message undeliverable",
-        "Unable to deliver message. Reasons can include: the recipient phone number is not a "
-        "WhatsApp phone number; the recipient has not accepted the new Terms of Service; the "
-        "recipient is using an old WhatsApp version.",
-    ),
-    131030: (
-        400,
-        "Recipient phone number not in allowed list",
-        "Recipient phone number not in allowed list: Add recipient phone number to recipient "
-        "list and try again.",
-    ),
-    131042: (400, "Business eligibility payment issue", "There was an error related to payment."),
-    131047: (
-        400,
-        "Re-engagement message",
-        "Message failed to send because more than 24 hours have passed since the customer last "
-        "replied to this number.",
-    ),
-    131048: (400, "Spam rate limit hit", "Message failed to send because of spam restrictions."),
-    131049: (
-        400,
-        "This message was not delivered to maintain healthy ecosystem engagement.",
-        "In order to maintain a healthy ecosystem engagement, the message failed to be delivered.",
-    ),
-    131050: (
-        400,
-        "Unable to deliver the message. This recipient has chosen to stop receiving marketing "
-        "messages on WhatsApp from your business.",
-        "The recipient has stopped marketing messages from this business.",
-    ),
-    131051: (400, "Message type unknown", "Message type is currently not supported."),
-    131053: (400, "Media upload error", "Unable to upload the media used in the message."),
-    131056: (
-        400,
-        "(Business Account, Consumer Account) pair rate limit hit",
-        "Too many messages sent from the sender phone number to the same recipient phone "
-        "number in a short period of time.",
-    ),
-    131057: (500, "Account in maintenance mode", "Business Account is in maintenance mode."),
-    130429: (
-        400,
-        "Rate limit hit",
-        "Message failed to send because there were too many messages sent from this phone "
-        "number in a short period of time.",
-    ),
-    132000: (
-        400,
-        "Number of parameters does not match the expected number of params",
-        "The number of variable parameter values does not match the template.",
-    ),
-    132001: (
-        404,
-        "Template name does not exist in the translation",
-        "The template does not exist in the specified language or has not been approved.",
-    ),
-    132015: (400, "Template is Paused", "Template is paused due to low quality."),
-    132016: (400, "Template is Disabled", "Template has been paused too many times."),
-    133010: (400, "Phone number Not Registered", "Phone number is not registered."),
-    80007: (400, "Rate limit issues", "The WhatsApp Business Account reached its rate limit."),
-}
-
-
-class SimError(Exception):
-    """A Graph-style error the simulator answers with."""
-
-    def __init__(
-        self,
-        code: int,
-        *,
-        http_status: int | None = None,
-        message: str | None = None,
-        details: str | None = None,
-        subcode: int | None = None,
-        error_type: str = "OAuthException",
-    ) -> None:
-        status, title, default_details = ERROR_CATALOG.get(code, (400, "Error", ""))
-        self.code = code
-        self.http_status = http_status or status
-        self.title = title
-        self.message = message or f"(#{code}) {title}"
-        self.details = default_details if details is None else details
-        self.subcode = subcode
-        self.error_type = error_type
-        super().__init__(self.message)
-
-    def body(self) -> dict[str, Any]:
-        """Meta's synchronous error JSON (reference §12.1)."""
-        error: dict[str, Any] = {
-            "message": self.message,
-            "type": self.error_type,
-            "code": self.code,
-        }
-        if self.details:
-            error["error_data"] = {"messaging_product": "whatsapp", "details": self.details}
-        if self.subcode is not None:
-            error["error_subcode"] = self.subcode
-        error["fbtrace_id"] = _fbtrace_id()
-        return {"error": error}
-
-
-def _token_error() -> SimError:
-    return SimError(
-        190,
-        http_status=401,
-        message="Invalid OAuth access token - Cannot parse access token",
-        details="",
-    )
-
-
-def _unknown_object(object_id: str, method: str) -> SimError:
-    return SimError(
-        100,
-        subcode=33,
-        error_type="GraphMethodException",
-        message=(
-            f"Unsupported {method.lower()} request. Object with ID '{object_id}' does not exist, "
-            "cannot be loaded due to missing permissions, or does not support this operation."
-        ),
-        details="",
-    )
-
-
-def async_error(code: int, details: str | None = None) -> dict[str, Any]:
-    """The error object Meta puts in ``statuses[].errors[]`` / ``messages[].errors[]``."""
-    _status, title, default_details = ERROR_CATALOG.get(code, (400, "Error", ""))
-    return {
-        "code": code,
-        "title": title,
-        "message": title,
-        "error_data": {"details": details if details is not None else default_details},
-        "href": ERROR_HREF,
-    }
 
 
 @dataclass
@@ -1457,7 +1315,7 @@ class MetaSimulator:
         if full_path == _DOWNLOAD_PATH or full_path.rstrip("/") == _DOWNLOAD_PATH.rstrip("/"):
             return self._download(method, query, caller, entry)
         if caller is None:
-            return _Reply.error(_token_error())
+            return _Reply.error(token_error())
         try:
             if len(segments) == 2 and segments[1] == "messages" and method == "POST":
                 return self._post_messages(caller, segments[0], body, headers, entry)
@@ -1467,7 +1325,7 @@ class MetaSimulator:
                 return self._list_templates(caller, segments[0], query, full_path, entry)
             if len(segments) == 1 and method in ("GET", "DELETE"):
                 return self._object(method, caller, segments[0], query, entry)
-            return _Reply.error(_unknown_object("/".join(segments) or "/", method))
+            return _Reply.error(unknown_object("/".join(segments) or "/", method))
         except SimError as exc:
             return _Reply.error(exc)
 
@@ -1476,9 +1334,9 @@ class MetaSimulator:
         with self._lock:
             number = self._numbers.get(pnid)
         if number is None:
-            raise _unknown_object(pnid, "post")
+            raise unknown_object(pnid, "post")
         if number.phone_number_id != caller.phone_number_id and number.token != caller.token:
-            raise _token_error()
+            raise token_error()
         entry["waba_id"] = number.waba_id
         return number
 
@@ -1500,7 +1358,7 @@ class MetaSimulator:
             return fault, _Reply.error(
                 SimError(fault.code, http_status=fault.http_status, details=fault.details)
                 if fault.code != 190
-                else _token_error()
+                else token_error()
             )
         if fault.http_status is not None:
             code = {500: 131000, 503: 131016}.get(fault.http_status, 1)
@@ -1757,9 +1615,9 @@ class MetaSimulator:
             owner = self._numbers.get(media.phone_number_id)
             entry["phone_number_id"] = media.phone_number_id
             if owner is None or owner.token != caller.token:
-                raise _token_error()
+                raise token_error()
             if query.get("phone_number_id") not in (None, media.phone_number_id):
-                raise _unknown_object(object_id, method)
+                raise unknown_object(object_id, method)
             if method == "DELETE":
                 media.deleted = True
                 return _Reply.ok({"success": True})
@@ -1776,7 +1634,7 @@ class MetaSimulator:
         if number is not None and method == "GET":
             entry["phone_number_id"] = number.phone_number_id
             if number.token != caller.token:
-                raise _token_error()
+                raise token_error()
             return _Reply.ok(
                 {
                     "verified_name": number.verified_name,
@@ -1786,7 +1644,7 @@ class MetaSimulator:
                     "id": number.phone_number_id,
                 }
             )
-        raise _unknown_object(object_id, method)
+        raise unknown_object(object_id, method)
 
     def _list_templates(
         self,
@@ -1800,9 +1658,9 @@ class MetaSimulator:
         with self._lock:
             owners = [n for n in self._numbers.values() if n.waba_id == waba_id]
         if not owners:
-            raise _unknown_object(waba_id, "get")
+            raise unknown_object(waba_id, "get")
         if caller.token not in {n.token for n in owners}:
-            raise _token_error()
+            raise token_error()
         entry["phone_number_id"] = caller.phone_number_id
         fault, reply = self._apply_fault(caller, "templates", entry)
         if reply is not None:
@@ -1847,7 +1705,7 @@ class MetaSimulator:
             media = self._media.get(media_id)
         entry["phone_number_id"] = media.phone_number_id if media else None
         if caller is None:
-            return _Reply.error(_token_error())
+            return _Reply.error(token_error())
         try:
             expires = int(query.get("ext", "0"))
         except ValueError:
@@ -1863,7 +1721,7 @@ class MetaSimulator:
             return _Reply(404, b"", "text/plain")
         owner = self._numbers.get(media.phone_number_id)
         if owner is None or owner.token != caller.token:
-            return _Reply.error(_token_error())
+            return _Reply.error(token_error())
         return _Reply(200, media.data, media.mime_type)
 
     # ------------------------------------------------------------------ control API
@@ -2185,7 +2043,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", reply.content_type)
         self.send_header("Content-Length", str(len(reply.body)))
         if reply.content_type == "application/json":
-            self.send_header("X-FB-Trace-ID", _fbtrace_id())
+            self.send_header("X-FB-Trace-ID", fbtrace_id())
         self.end_headers()
         try:
             self.wfile.write(reply.body)
@@ -2310,10 +2168,6 @@ def _wamid() -> str:
 
 def _digits(n: int) -> str:
     return str(secrets.randbelow(9) + 1) + "".join(str(secrets.randbelow(10)) for _ in range(n - 1))
-
-
-def _fbtrace_id() -> str:
-    return base64.urlsafe_b64encode(secrets.token_bytes(12)).decode("ascii").rstrip("=")
 
 
 def _cursor(index: int) -> str:
