@@ -19,7 +19,8 @@ control API: it is a development tool, never expose it.
 """
 
 from .errors import ERROR_CATALOG, SimError
-from .graph import Fault, MetaSimulator, SimNumber, parse_number_spec
+from .graph import MetaSimulator
+from .state import Fault, SimNumber, parse_number_spec
 
 __all__ = [
     "ERROR_CATALOG",

@@ -33,11 +33,10 @@ import secrets
 import socket
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -55,12 +54,20 @@ from .errors import (
     token_error,
     unknown_object,
 )
+from .state import (
+    Fault,
+    NumberStats,
+    Reply,
+    SimConfig,
+    SimNumber,
+    SimulatorState,
+    new_wamid,
+    now_iso,
+    random_digits,
+)
 
 __all__ = [
-    "Fault",
     "MetaSimulator",
-    "SimNumber",
-    "parse_number_spec",
 ]
 
 logger = logging.getLogger("klaros.whatsapp.simulator")
@@ -112,102 +119,6 @@ _MEDIA_LIMITS: dict[str, int] = {
 
 
 @dataclass
-class SimNumber:
-    """A business phone number the simulator knows, with its (fake) credentials."""
-
-    phone_number_id: str
-    waba_id: str
-    token: str
-    app_secret: str
-    display_phone_number: str
-    verified_name: str = "Klaros Demo"
-    webhook_url: str | None = None
-
-    def public(self) -> dict[str, Any]:
-        """Everything but the secrets, for listings."""
-        return {
-            "phone_number_id": self.phone_number_id,
-            "waba_id": self.waba_id,
-            "display_phone_number": self.display_phone_number,
-            "verified_name": self.verified_name,
-            "webhook_url": self.webhook_url,
-        }
-
-
-def parse_number_spec(spec: str) -> SimNumber:
-    """Parse ``PNID:WABA_ID:TOKEN:APP_SECRET:DISPLAY_NUMBER`` (the CLI's ``--number``)."""
-    parts = spec.split(":")
-    if len(parts) != 5 or not all(parts):
-        raise ValueError(
-            f"expected PNID:WABA_ID:TOKEN:APP_SECRET:DISPLAY_NUMBER, got {len(parts)} part(s)"
-        )
-    return SimNumber(*parts)
-
-
-@dataclass
-class Fault:
-    """An error (or misbehaviour) to inject into the next ``count`` matching Graph calls.
-
-    ``scope``: ``messages`` (sends; not mark-as-read), ``read`` (mark-as-read), ``media``
-    (uploads), ``templates`` or ``any``. ``code`` answers Meta's error for that code (sync), or,
-    with ``async_=True`` (sends only), accepts the send and later posts a ``failed`` status with
-    that error. ``http_status`` alone (5xx) answers a generic server error; ``non_json`` makes
-    it a bare HTML page like a failing proxy. ``delay`` sleeps before answering;
-    ``drop_connection`` processes the call and closes the socket without answering.
-    """
-
-    phone_number_id: str | None
-    count: int = 1
-    code: int | None = None
-    http_status: int | None = None
-    async_: bool = False
-    delay: float = 0.0
-    drop_connection: bool = False
-    non_json: bool = False
-    details: str | None = None
-    scope: str = "messages"
-    id: int = 0
-
-    def public(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["async"] = data.pop("async_")
-        return data
-
-
-@dataclass
-class _Stats:
-    """Counters for one number (``GET /_sim/stats``)."""
-
-    accepted: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
-    failed: Counter[str] = field(default_factory=Counter)
-    reads: int = 0
-    webhooks_posted: int = 0
-    webhooks_ok: int = 0
-    webhooks_by_kind: Counter[str] = field(default_factory=Counter)
-    callback_data: Counter[str] = field(default_factory=Counter)
-
-    def public(self, *, with_callback_data: bool = False) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "accepted": self.accepted,
-            "rejected": dict(sorted(self.rejected.items())),
-            "rejected_total": sum(self.rejected.values()),
-            "failed": dict(sorted(self.failed.items())),
-            "failed_total": sum(self.failed.values()),
-            "reads": self.reads,
-            "webhooks": {
-                "posted": self.webhooks_posted,
-                "ok": self.webhooks_ok,
-                "by_kind": dict(sorted(self.webhooks_by_kind.items())),
-            },
-            "callback_data_repeated": {k: n for k, n in self.callback_data.items() if n > 1},
-        }
-        if with_callback_data:
-            data["callback_data"] = dict(self.callback_data)
-        return data
-
-
-@dataclass
 class _Media:
     media_id: str
     data: bytes
@@ -240,40 +151,6 @@ class _Delivery:
     retry: bool = True
 
 
-@dataclass
-class _Config:
-    duplicate_rate: float = 0.0
-    reorder_rate: float = 0.0
-    batch_rate: float = 0.0
-    skip_delivered_rate: float = 0.0
-    status_delay: float = 0.0
-    statuses: tuple[str, ...] = ("sent", "delivered", "read")
-    max_attempts: int = 3
-    retry_delay: float = 0.5
-    escape_slashes: bool = False
-    media_url_ttl: float = 300.0
-    webhook_timeout: float = 10.0
-    # Meta's sending rules (reference §10, §7.6, §14.1). The 24-hour window is off by default for
-    # MetaSimulator(...) (tests send free-form without an inbound first); the management command
-    # turns it on. Opt-outs only bite after a stop, so they are on; 0 disables the rate limit.
-    enforce_window: bool = False
-    window_seconds: float = 24 * 3600.0
-    window_sync_error: bool = False
-    enforce_opt_out: bool = True
-    rate_limit_per_second: int = 80
-    # Meta-like latency of `POST /{phone_number_id}/messages` answers (benchmarks): lognormal
-    # with this median (0: none) and sigma, drawn from a generator seeded with `seed`.
-    latency_median_ms: float = 0.0
-    latency_sigma: float = 0.0
-
-    CHAOS = {
-        "duplicate_rate": 0.05,
-        "reorder_rate": 0.15,
-        "batch_rate": 0.3,
-        "skip_delivered_rate": 0.1,
-    }
-
-
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # a handler sleeping in a delay fault must not block stop()
@@ -289,7 +166,7 @@ class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
-class MetaSimulator:
+class MetaSimulator(SimulatorState):
     """The Meta stand-in. ``start()`` serves in a background thread; ``stop()`` ends it.
 
     ``port=0`` picks a free port; read it back from :attr:`url`. All rates default to 0, so
@@ -326,11 +203,13 @@ class MetaSimulator:
         self._windows: dict[tuple[str, str], float] = {}
         self._opted_out: set[tuple[str, str]] = set()
         self._send_times: dict[str, deque[float]] = {}
-        self._stats: dict[str, _Stats] = {}
+        self._stats: dict[str, NumberStats] = {}
         self._pending: list[_Delivery] = []
         self._held = False
         self._inflight = 0
-        self._config = _Config(**(_Config.CHAOS if chaos else {}), enforce_window=enforce_window)
+        self._config = SimConfig(
+            **(SimConfig.CHAOS if chaos else {}), enforce_window=enforce_window
+        )
         self._seed = seed
         self._rng = random.Random(seed)  # noqa: S311 - test chaos, not cryptography
         # Its own generator, so latency draws do not shift the chaos sequence.
@@ -345,24 +224,6 @@ class MetaSimulator:
             self.add_number(number)
 
     # ------------------------------------------------------------------ lifecycle
-
-    @property
-    def url(self) -> str:
-        """Base URL of the simulator, e.g. ``http://127.0.0.1:8765`` (no version)."""
-        if self._server is None:
-            raise RuntimeError("simulator not started")
-        host = self.host
-        if host in ("0.0.0.0", ""):  # noqa: S104 - reaching a wildcard bind via loopback
-            host = "127.0.0.1"
-        elif host == "::":
-            host = "::1"
-        if ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
-
-    def graph_url(self, version: str = "v25.0") -> str:
-        """The Graph base URL to hand to GraphClient, e.g. ``http://127.0.0.1:8765/v25.0``."""
-        return f"{self.url}/{version}"
 
     def start(self) -> MetaSimulator:
         """Bind, then serve HTTP and deliver webhooks in background threads."""
@@ -421,17 +282,6 @@ class MetaSimulator:
 
     # ------------------------------------------------------------------ state (Python API)
 
-    def add_number(self, number: SimNumber) -> SimNumber:
-        """Register (or replace) a business number."""
-        with self._lock:
-            self._numbers[number.phone_number_id] = number
-        return number
-
-    def numbers(self) -> list[SimNumber]:
-        """All registered numbers."""
-        with self._lock:
-            return list(self._numbers.values())
-
     def configure(self, **options: Any) -> dict[str, Any]:
         """Change delivery behaviour: rates (0..1), ``status_delay``, ``statuses``, ``seed``,
         ``max_attempts``, ``retry_delay``, ``escape_slashes``, ``media_url_ttl``,
@@ -453,7 +303,7 @@ class MetaSimulator:
             cfg = self._config
             if "chaos" in options:
                 chaos = bool(options.pop("chaos"))
-                for key, value in _Config.CHAOS.items():
+                for key, value in SimConfig.CHAOS.items():
                     setattr(cfg, key, value if chaos else 0.0)
             if "seed" in options:
                 self._seed = options.pop("seed")
@@ -554,7 +404,7 @@ class MetaSimulator:
                     "language": raw.get("language", "en_US"),
                     "status": raw.get("status", "APPROVED"),
                     "category": raw.get("category", "UTILITY"),
-                    "id": str(raw.get("id") or _digits(16)),
+                    "id": str(raw.get("id") or random_digits(16)),
                 }
                 tpl.update({k: v for k, v in raw.items() if k not in tpl})
                 current = [
@@ -579,7 +429,7 @@ class MetaSimulator:
         filename: str | None = None,
     ) -> str:
         """Store media owned by a number (as if a customer sent it); returns the media id."""
-        media = _Media(_digits(16), data, mime_type, filename, phone_number_id, time.time())
+        media = _Media(random_digits(16), data, mime_type, filename, phone_number_id, time.time())
         with self._lock:
             self._media[media.media_id] = media
         return media.media_id
@@ -676,27 +526,6 @@ class MetaSimulator:
         self._record_preference(number.phone_number_id, [customer], value)
         return self.window(number.phone_number_id, customer)
 
-    def stats(self, *, with_callback_data: bool = False) -> dict[str, Any]:
-        """Per number: accepted sends, sync rejections and async failures by code, mark-as-read
-        calls, webhooks posted, and ``biz_opaque_callback_data`` values sent more than once."""
-        with self._lock:
-            return {
-                pnid: stats.public(with_callback_data=with_callback_data)
-                for pnid, stats in sorted(self._stats.items())
-            }
-
-    def clear_stats(self) -> None:
-        """Reset the counters behind :meth:`stats` (not windows, opt-outs or logs)."""
-        with self._lock:
-            self._stats.clear()
-
-    def _stats_for(self, phone_number_id: str) -> _Stats:
-        # Callers hold the lock.
-        stats = self._stats.get(phone_number_id)
-        if stats is None:
-            stats = self._stats[phone_number_id] = _Stats()
-        return stats
-
     def _record_inbound(self, phone_number_id: str, customers: Iterable[str], ts: float) -> None:
         with self._lock:
             for customer in customers:
@@ -741,17 +570,6 @@ class MetaSimulator:
                     return False
                 self._cond.wait(min(remaining, 0.05))
             return True
-
-    def _number(self, phone_number_id: str | None) -> SimNumber:
-        with self._lock:
-            if phone_number_id is None:
-                if len(self._numbers) == 1:
-                    return next(iter(self._numbers.values()))
-                raise ValueError("phone_number_id is required when several numbers are known")
-            number = self._numbers.get(str(phone_number_id))
-        if number is None:
-            raise ValueError(f"unknown phone_number_id {phone_number_id!r}")
-        return number
 
     # ------------------------------------------------------------------ customer side
 
@@ -882,7 +700,7 @@ class MetaSimulator:
         target = url or self.webhook_url
         if not target:
             raise ValueError("no webhook_url configured")
-        challenge = _digits(10)
+        challenge = random_digits(10)
         params = {
             "hub.mode": "subscribe",
             "hub.challenge": challenge,
@@ -906,7 +724,7 @@ class MetaSimulator:
         name = spec.get("name", "Test Customer")
         user_id = spec.get("user_id")
         hide_phone = bool(spec.get("hide_phone"))
-        wamid = str(spec.get("wamid") or _wamid())
+        wamid = str(spec.get("wamid") or new_wamid())
         ts = spec.get("timestamp")
         message: dict[str, Any] = {}
         if spec.get("context") is not None:
@@ -918,7 +736,7 @@ class MetaSimulator:
             }
         elif msg_type in ("interactive", "button"):
             # Replies to buttons always quote the business message that carried them.
-            message["context"] = {"from": number.display_phone_number, "id": _wamid()}
+            message["context"] = {"from": number.display_phone_number, "id": new_wamid()}
         if spec.get("forwarded"):
             message.setdefault("context", {})["forwarded"] = True
         if spec.get("frequently_forwarded"):
@@ -1083,7 +901,7 @@ class MetaSimulator:
         except ValueError:
             parsed = None
         record = {
-            "time": _now_iso(),
+            "time": now_iso(),
             "kind": kind,
             "url": target,
             "phone_number_id": number.phone_number_id,
@@ -1235,14 +1053,14 @@ class MetaSimulator:
 
     def handle_graph(
         self, method: str, raw_path: str, headers: Mapping[str, str], body: bytes
-    ) -> _Reply:
+    ) -> Reply:
         """Answer one Graph request and log it (used by the HTTP handler)."""
         parts = urlsplit(raw_path)
         path = _VERSION_RE.sub("", parts.path)
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         segments = [s for s in path.split("/") if s]
         entry: dict[str, Any] = {
-            "time": _now_iso(),
+            "time": now_iso(),
             "method": method,
             "path": parts.path,
             "query": query,
@@ -1276,7 +1094,7 @@ class MetaSimulator:
         mu = math.log(median / 1000.0)
         return self._latency_rng.lognormvariate(mu, self._config.latency_sigma)
 
-    def _count_send(self, pnid: str, entry: dict[str, Any], body: bytes, reply: _Reply) -> None:
+    def _count_send(self, pnid: str, entry: dict[str, Any], body: bytes, reply: Reply) -> None:
         # Callers hold the lock. Unknown numbers are not counted (no unbounded keys).
         if pnid not in self._numbers:
             return
@@ -1309,13 +1127,13 @@ class MetaSimulator:
         headers: Mapping[str, str],
         body: bytes,
         entry: dict[str, Any],
-    ) -> _Reply:
+    ) -> Reply:
         caller, auth = self._auth(headers)
         entry["auth"] = auth
         if full_path == _DOWNLOAD_PATH or full_path.rstrip("/") == _DOWNLOAD_PATH.rstrip("/"):
             return self._download(method, query, caller, entry)
         if caller is None:
-            return _Reply.error(token_error())
+            return Reply.error(token_error())
         try:
             if len(segments) == 2 and segments[1] == "messages" and method == "POST":
                 return self._post_messages(caller, segments[0], body, headers, entry)
@@ -1325,9 +1143,9 @@ class MetaSimulator:
                 return self._list_templates(caller, segments[0], query, full_path, entry)
             if len(segments) == 1 and method in ("GET", "DELETE"):
                 return self._object(method, caller, segments[0], query, entry)
-            return _Reply.error(unknown_object("/".join(segments) or "/", method))
+            return Reply.error(unknown_object("/".join(segments) or "/", method))
         except SimError as exc:
-            return _Reply.error(exc)
+            return Reply.error(exc)
 
     def _owned_number(self, caller: SimNumber, pnid: str, entry: dict[str, Any]) -> SimNumber:
         entry["phone_number_id"] = pnid
@@ -1342,7 +1160,7 @@ class MetaSimulator:
 
     def _apply_fault(
         self, number: SimNumber, scope: str, entry: dict[str, Any]
-    ) -> tuple[Fault | None, _Reply | None]:
+    ) -> tuple[Fault | None, Reply | None]:
         fault = self._take_fault(number.phone_number_id, scope)
         if fault is None:
             return None, None
@@ -1353,16 +1171,16 @@ class MetaSimulator:
             return fault, None  # processed normally, misbehaves afterwards
         if fault.non_json:
             status = fault.http_status or 502
-            return fault, _Reply(status, b"<html><body>Bad Gateway</body></html>", "text/html")
+            return fault, Reply(status, b"<html><body>Bad Gateway</body></html>", "text/html")
         if fault.code is not None:
-            return fault, _Reply.error(
+            return fault, Reply.error(
                 SimError(fault.code, http_status=fault.http_status, details=fault.details)
                 if fault.code != 190
                 else token_error()
             )
         if fault.http_status is not None:
             code = {500: 131000, 503: 131016}.get(fault.http_status, 1)
-            return fault, _Reply.error(SimError(code, http_status=fault.http_status))
+            return fault, Reply.error(SimError(code, http_status=fault.http_status))
         return fault, None  # delay only
 
     def _post_messages(
@@ -1372,7 +1190,7 @@ class MetaSimulator:
         body: bytes,
         headers: Mapping[str, str],
         entry: dict[str, Any],
-    ) -> _Reply:
+    ) -> Reply:
         number = self._owned_number(caller, pnid, entry)
         try:
             payload = json.loads(body or b"null")
@@ -1393,7 +1211,7 @@ class MetaSimulator:
                 return reply
             if payload.get("status") != "read" or not payload.get("message_id"):
                 raise SimError(131009, details="status must be 'read' with a message_id.")
-            return _Reply.ok({"success": True}, fault=fault)
+            return Reply.ok({"success": True}, fault=fault)
 
         fault, reply = self._apply_fault(number, "messages", entry)
         if reply is not None:
@@ -1414,7 +1232,7 @@ class MetaSimulator:
         failure = self._rule_failure(number, customer, template)
         self._check_rate(number)  # last: only sends about to be accepted count
 
-        wamid = _wamid()
+        wamid = new_wamid()
         contact: dict[str, Any]
         if to:
             wa_id = re.sub(r"\D", "", str(to))
@@ -1434,10 +1252,10 @@ class MetaSimulator:
                 "recipient": recipient,
                 "type": msg_type,
                 "payload": payload,
-                "time": _now_iso(),
+                "time": now_iso(),
             }
         self._schedule_for_send(number, payload, wamid, wa_id, template, fault, failure)
-        return _Reply.ok(response, fault=fault)
+        return Reply.ok(response, fault=fault)
 
     def _rule_failure(
         self, number: SimNumber, customer: str, template: Mapping[str, Any] | None
@@ -1572,7 +1390,7 @@ class MetaSimulator:
         body: bytes,
         headers: Mapping[str, str],
         entry: dict[str, Any],
-    ) -> _Reply:
+    ) -> Reply:
         number = self._owned_number(caller, pnid, entry)
         fault, reply = self._apply_fault(number, "media", entry)
         if reply is not None:
@@ -1598,7 +1416,7 @@ class MetaSimulator:
         if len(data) > limit:
             raise SimError(131053, details=f"File is {len(data)} bytes; {mime} allows {limit}.")
         media_id = self.put_media(number.phone_number_id, data, mime, filename)
-        return _Reply.ok({"id": media_id}, fault=fault)
+        return Reply.ok({"id": media_id}, fault=fault)
 
     def _object(
         self,
@@ -1607,7 +1425,7 @@ class MetaSimulator:
         object_id: str,
         query: Mapping[str, str],
         entry: dict[str, Any],
-    ) -> _Reply:
+    ) -> Reply:
         with self._lock:
             media = self._media.get(object_id)
             number = self._numbers.get(object_id)
@@ -1620,8 +1438,8 @@ class MetaSimulator:
                 raise unknown_object(object_id, method)
             if method == "DELETE":
                 media.deleted = True
-                return _Reply.ok({"success": True})
-            return _Reply.ok(
+                return Reply.ok({"success": True})
+            return Reply.ok(
                 {
                     "messaging_product": "whatsapp",
                     "url": self.media_download_url(media.media_id),
@@ -1635,7 +1453,7 @@ class MetaSimulator:
             entry["phone_number_id"] = number.phone_number_id
             if number.token != caller.token:
                 raise token_error()
-            return _Reply.ok(
+            return Reply.ok(
                 {
                     "verified_name": number.verified_name,
                     "display_phone_number": number.display_phone_number,
@@ -1653,7 +1471,7 @@ class MetaSimulator:
         query: Mapping[str, str],
         full_path: str,
         entry: dict[str, Any],
-    ) -> _Reply:
+    ) -> Reply:
         entry["waba_id"] = waba_id
         with self._lock:
             owners = [n for n in self._numbers.values() if n.waba_id == waba_id]
@@ -1691,7 +1509,7 @@ class MetaSimulator:
                 next_query = {k: v for k, v in query.items() if k != "before"}
                 next_query["after"] = cursors["after"]
                 data["paging"]["next"] = f"{self.url}{full_path}?{urlencode(next_query)}"
-        return _Reply.ok(data, fault=fault)
+        return Reply.ok(data, fault=fault)
 
     def _download(
         self,
@@ -1699,13 +1517,13 @@ class MetaSimulator:
         query: Mapping[str, str],
         caller: SimNumber | None,
         entry: dict[str, Any],
-    ) -> _Reply:
+    ) -> Reply:
         media_id = query.get("mid", "")
         with self._lock:
             media = self._media.get(media_id)
         entry["phone_number_id"] = media.phone_number_id if media else None
         if caller is None:
-            return _Reply.error(token_error())
+            return Reply.error(token_error())
         try:
             expires = int(query.get("ext", "0"))
         except ValueError:
@@ -1718,15 +1536,15 @@ class MetaSimulator:
             and hmac.compare_digest(self._url_hash(media_id, expires), query.get("hash", ""))
         )
         if not valid or media is None:
-            return _Reply(404, b"", "text/plain")
+            return Reply(404, b"", "text/plain")
         owner = self._numbers.get(media.phone_number_id)
         if owner is None or owner.token != caller.token:
-            return _Reply.error(token_error())
-        return _Reply(200, media.data, media.mime_type)
+            return Reply.error(token_error())
+        return Reply(200, media.data, media.mime_type)
 
     # ------------------------------------------------------------------ control API
 
-    def handle_control(self, method: str, raw_path: str, body: bytes) -> _Reply:
+    def handle_control(self, method: str, raw_path: str, body: bytes) -> Reply:
         """Answer a ``/_sim/...`` control request."""
         parts = urlsplit(raw_path)
         route = parts.path.rstrip("/")
@@ -1734,16 +1552,16 @@ class MetaSimulator:
         try:
             data = json.loads(body) if body.strip() else {}
         except ValueError:
-            return _Reply.ok({"error": "body is not valid JSON"}, status=400)
+            return Reply.ok({"error": "body is not valid JSON"}, status=400)
         if not isinstance(data, dict):
-            return _Reply.ok({"error": "body must be a JSON object"}, status=400)
+            return Reply.ok({"error": "body must be a JSON object"}, status=400)
         handler = _CONTROL_ROUTES.get((method, route))
         if handler is None:
-            return _Reply.ok({"error": f"no control route {method} {route}"}, status=404)
+            return Reply.ok({"error": f"no control route {method} {route}"}, status=404)
         try:
-            return _Reply.ok(handler(self, data, query))
+            return Reply.ok(handler(self, data, query))
         except (ValueError, KeyError, TypeError) as exc:
-            return _Reply.ok({"error": str(exc)}, status=400)
+            return Reply.ok({"error": str(exc)}, status=400)
 
 
 # ---------------------------------------------------------------------- control routes
@@ -1981,25 +1799,6 @@ _CONTROL_ROUTES: dict[tuple[str, str], _Control] = {
 # ---------------------------------------------------------------------- HTTP plumbing
 
 
-@dataclass
-class _Reply:
-    status: int
-    body: bytes
-    content_type: str = "application/json"
-    json_body: Any = None
-    fault: Fault | None = None
-
-    @classmethod
-    def ok(cls, data: Any, *, status: int = 200, fault: Fault | None = None) -> _Reply:
-        body = json.dumps(data, separators=(",", ":")).encode()
-        return cls(status, body, "application/json", data, fault)
-
-    @classmethod
-    def error(cls, exc: SimError) -> _Reply:
-        data = exc.body()
-        return cls(exc.http_status, json.dumps(data).encode(), "application/json", data)
-
-
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
@@ -2021,7 +1820,7 @@ class _Handler(BaseHTTPRequestHandler):
         sim = self.server.sim
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_BODY_BYTES:
-            self._write(_Reply.ok({"error": "body too large"}, status=413))
+            self._write(Reply.ok({"error": "body too large"}, status=413))
             self.close_connection = True
             return
         body = self.rfile.read(length) if length else b""
@@ -2038,7 +1837,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._write(reply)
 
-    def _write(self, reply: _Reply) -> None:
+    def _write(self, reply: Reply) -> None:
         self.send_response(reply.status)
         self.send_header("Content-Type", reply.content_type)
         self.send_header("Content-Length", str(len(reply.body)))
@@ -2161,21 +1960,8 @@ def _pricing(template: Mapping[str, Any] | None) -> dict[str, Any]:
     return {"billable": True, "pricing_model": "PMP", "category": category, "type": "regular"}
 
 
-def _wamid() -> str:
-    raw = b"\x15\x02\x00\x11\x18\x12" + secrets.token_hex(10).upper().encode()
-    return "wamid.HBgL" + base64.b64encode(raw).decode("ascii")
-
-
-def _digits(n: int) -> str:
-    return str(secrets.randbelow(9) + 1) + "".join(str(secrets.randbelow(10)) for _ in range(n - 1))
-
-
 def _cursor(index: int) -> str:
     return base64.urlsafe_b64encode(str(index).encode()).decode("ascii")
-
-
-def _now_iso() -> str:
-    return datetime.now(tz=UTC).isoformat()
 
 
 _REFERRAL: dict[str, Any] = {
