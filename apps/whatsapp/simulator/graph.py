@@ -54,13 +54,13 @@ from .errors import (
     token_error,
     unknown_object,
 )
+from .media import DOWNLOAD_PATH, MEDIA_LIMITS, MediaStore
 from .state import (
     Fault,
     NumberStats,
     Reply,
     SimConfig,
     SimNumber,
-    SimulatorState,
     new_wamid,
     now_iso,
     random_digits,
@@ -74,7 +74,6 @@ logger = logging.getLogger("klaros.whatsapp.simulator")
 
 MAX_BODY_BYTES = 120 * 1024 * 1024
 _VERSION_RE = re.compile(r"^/v\d+\.\d+(?=/)")
-_DOWNLOAD_PATH = "/whatsapp_business/attachments/"
 _TEMPLATE_LIST_STATUSES = frozenset(
     {"APPROVED", "REJECTED", "PENDING", "PAUSED", "DISABLED", "IN_APPEAL", "DELETED"}
     | {"PENDING_DELETION", "ARCHIVED", "LOCKED"}
@@ -94,47 +93,6 @@ _SEND_TYPES = frozenset(
         "reaction",
     }
 )
-# Reference §9.5: accepted upload types and their size limits.
-_MEDIA_LIMITS: dict[str, int] = {
-    **dict.fromkeys(
-        ["audio/aac", "audio/amr", "audio/mpeg", "audio/mp4", "audio/ogg"], 16 * 1024 * 1024
-    ),
-    **dict.fromkeys(
-        [
-            "text/plain",
-            "application/pdf",
-            "application/msword",
-            "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-            "application/vnd.ms-excel",
-            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-            "application/vnd.ms-powerpoint",
-            "application/vnd.openxmlformats-officedocument.presentationml.presentation",
-        ],
-        100 * 1024 * 1024,
-    ),
-    **dict.fromkeys(["image/jpeg", "image/png"], 5 * 1024 * 1024),
-    "image/webp": 500 * 1024,
-    **dict.fromkeys(["video/mp4", "video/3gpp"], 16 * 1024 * 1024),
-}
-
-
-@dataclass
-class _Media:
-    media_id: str
-    data: bytes
-    mime_type: str
-    filename: str | None
-    phone_number_id: str
-    created: float
-    deleted: bool = False
-
-    @property
-    def sha256_hex(self) -> str:
-        return hashlib.sha256(self.data).hexdigest()
-
-    @property
-    def sha256_b64(self) -> str:
-        return base64.b64encode(hashlib.sha256(self.data).digest()).decode("ascii")
 
 
 @dataclass
@@ -166,7 +124,7 @@ class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
-class MetaSimulator(SimulatorState):
+class MetaSimulator(MediaStore):
     """The Meta stand-in. ``start()`` serves in a background thread; ``stop()`` ends it.
 
     ``port=0`` picks a free port; read it back from :attr:`url`. All rates default to 0, so
@@ -191,7 +149,7 @@ class MetaSimulator(SimulatorState):
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._numbers: dict[str, SimNumber] = {}
-        self._media: dict[str, _Media] = {}
+        self._media = {}
         self._templates: dict[str, list[dict[str, Any]]] = {}
         self._faults: list[Fault] = []
         self._fault_seq = 0
@@ -420,27 +378,6 @@ class MetaSimulator(SimulatorState):
         """A WABA's templates."""
         with self._lock:
             return [dict(t) for t in self._templates.get(waba_id, [])]
-
-    def put_media(
-        self,
-        phone_number_id: str,
-        data: bytes,
-        mime_type: str,
-        filename: str | None = None,
-    ) -> str:
-        """Store media owned by a number (as if a customer sent it); returns the media id."""
-        media = _Media(random_digits(16), data, mime_type, filename, phone_number_id, time.time())
-        with self._lock:
-            self._media[media.media_id] = media
-        return media.media_id
-
-    def media_download_url(self, media_id: str) -> str:
-        """A fresh, signed, expiring download URL like Meta's ``lookaside`` links."""
-        expires = int(time.time() + self._config.media_url_ttl)
-        query = urlencode(
-            {"mid": media_id, "ext": expires, "hash": self._url_hash(media_id, expires)}
-        )
-        return f"{self.url}{_DOWNLOAD_PATH}?{query}"
 
     def requests(
         self, phone_number_id: str | None = None, *, biz_opaque_callback_data: str | None = None
@@ -1023,10 +960,6 @@ class MetaSimulator(SimulatorState):
 
     # ------------------------------------------------------------------ Graph endpoints
 
-    def _url_hash(self, media_id: str, expires: int) -> str:
-        mac = hmac.new(self._url_key, f"{media_id}:{expires}".encode(), hashlib.sha256)
-        return mac.hexdigest()[:32]
-
     def _auth(self, headers: Mapping[str, str]) -> tuple[SimNumber | None, str]:
         value = headers.get("Authorization") or ""
         if not value.startswith("Bearer ") or not value[7:].strip():
@@ -1130,7 +1063,7 @@ class MetaSimulator(SimulatorState):
     ) -> Reply:
         caller, auth = self._auth(headers)
         entry["auth"] = auth
-        if full_path == _DOWNLOAD_PATH or full_path.rstrip("/") == _DOWNLOAD_PATH.rstrip("/"):
+        if full_path == DOWNLOAD_PATH or full_path.rstrip("/") == DOWNLOAD_PATH.rstrip("/"):
             return self._download(method, query, caller, entry)
         if caller is None:
             return Reply.error(token_error())
@@ -1410,7 +1343,7 @@ class MetaSimulator(SimulatorState):
         filename, part_type, data = files["file"]
         mime = fields.get("type") or part_type
         mime_base = mime.split(";")[0].strip().lower()
-        limit = _MEDIA_LIMITS.get(mime_base)
+        limit = MEDIA_LIMITS.get(mime_base)
         if limit is None:
             raise SimError(131053, details=f"Param file must be a supported type, got {mime}.")
         if len(data) > limit:
