@@ -19,7 +19,7 @@ control API: it is a development tool, never expose it.
 """
 
 from .errors import ERROR_CATALOG, SimError
-from .graph import MetaSimulator
+from .server import MetaSimulator
 from .state import Fault, SimNumber, parse_number_spec
 
 __all__ = [

@@ -21,7 +21,6 @@ control API: it is a development tool, never expose it.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
 import json
@@ -29,25 +28,18 @@ import logging
 import math
 import random
 import re
-import secrets
-import socket
-import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.policy import HTTP
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
-
-import requests
 
 from .customer import CustomerSide
 from .errors import (
     SimError,
-    fbtrace_id,
     token_error,
     unknown_object,
 )
@@ -55,7 +47,6 @@ from .media import DOWNLOAD_PATH, MEDIA_LIMITS, MediaStore
 from .rules import SendingRules
 from .state import (
     Fault,
-    NumberStats,
     Reply,
     SimConfig,
     SimNumber,
@@ -64,13 +55,8 @@ from .state import (
 )
 from .webhooks import WebhookDelivery
 
-__all__ = [
-    "MetaSimulator",
-]
-
 logger = logging.getLogger("klaros.whatsapp.simulator")
 
-MAX_BODY_BYTES = 120 * 1024 * 1024
 _VERSION_RE = re.compile(r"^/v\d+\.\d+(?=/)")
 _SEND_TYPES = frozenset(
     {
@@ -89,135 +75,17 @@ _SEND_TYPES = frozenset(
 )
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False  # a handler sleeping in a delay fault must not block stop()
-    allow_reuse_address = True
-    sim: MetaSimulator
+class GraphEndpoints(CustomerSide, WebhookDelivery, SendingRules, MediaStore):
+    """The Graph API Klaros calls, with the request log and the faults to inject."""
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # Clients that hang up mid-answer are normal here (timeouts, dropped connections).
-        logger.debug("simulator: error serving %s", client_address, exc_info=True)
+    _faults: list[Fault]
+    _fault_seq: int
+    _requests: list[dict[str, Any]]
+    # wamid -> the accepted send, for sent_messages().
+    _sent: dict[str, dict[str, Any]]
+    _latency_rng: random.Random
 
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
-
-
-class MetaSimulator(CustomerSide, WebhookDelivery, SendingRules, MediaStore):
-    """The Meta stand-in. ``start()`` serves in a background thread; ``stop()`` ends it.
-
-    ``port=0`` picks a free port; read it back from :attr:`url`. All rates default to 0, so
-    webhooks arrive one per POST, in order, exactly once, unless ``chaos=True`` or
-    :meth:`configure` says otherwise.
-    """
-
-    def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        webhook_url: str | None = None,
-        *,
-        numbers: Iterable[SimNumber] = (),
-        seed: int | None = None,
-        chaos: bool = False,
-        enforce_window: bool = False,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.webhook_url = webhook_url
-        self._lock = threading.RLock()
-        self._cond = threading.Condition(self._lock)
-        self._numbers: dict[str, SimNumber] = {}
-        self._media = {}
-        self._templates: dict[str, list[dict[str, Any]]] = {}
-        self._faults: list[Fault] = []
-        self._fault_seq = 0
-        self._requests: list[dict[str, Any]] = []
-        self._webhooks = []
-        self._sent: dict[str, dict[str, Any]] = {}
-        self._customers = {}
-        self._windows = {}
-        self._opted_out = set()
-        self._send_times = {}
-        self._stats: dict[str, NumberStats] = {}
-        self._pending = []
-        self._held = False
-        self._inflight = 0
-        self._config = SimConfig(
-            **(SimConfig.CHAOS if chaos else {}), enforce_window=enforce_window
-        )
-        self._seed = seed
-        self._rng = random.Random(seed)  # noqa: S311 - test chaos, not cryptography
-        # Its own generator, so latency draws do not shift the chaos sequence.
-        self._latency_rng = random.Random(seed)  # noqa: S311 - test latency, not cryptography
-        self._url_key = secrets.token_bytes(32)
-        self._server: _Server | None = None
-        self._threads: list[threading.Thread] = []
-        self._stopping = False
-        self._session = requests.Session()
-        self._session.trust_env = False
-        for number in numbers:
-            self.add_number(number)
-
-    # ------------------------------------------------------------------ lifecycle
-
-    def start(self) -> MetaSimulator:
-        """Bind, then serve HTTP and deliver webhooks in background threads."""
-        if self._server is not None:
-            return self
-        server_cls = _Server6 if ":" in self.host else _Server
-        server = server_cls((self.host, self.port), _Handler)
-        server.sim = self
-        self._server = server
-        self.port = server.server_address[1]
-        self._stopping = False
-        serve = threading.Thread(
-            target=server.serve_forever, args=(0.05,), name="meta-sim-http", daemon=True
-        )
-        deliver = threading.Thread(
-            target=self._dispatch_loop, name="meta-sim-webhooks", daemon=True
-        )
-        self._threads = [serve, deliver]
-        for thread in self._threads:
-            thread.start()
-        logger.info("Meta simulator listening on %s", self.url)
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and delivering. Pending webhooks are dropped."""
-        server = self._server
-        if server is None:
-            return
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        server.shutdown()
-        server.server_close()
-        for thread in self._threads:
-            thread.join(timeout=5)
-        self._threads = []
-        self._server = None
-        self._session.close()
-
-    def __enter__(self) -> MetaSimulator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def serve_until_interrupted(self) -> None:
-        """Start and block until Ctrl-C (for the management command)."""
-        self.start()
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            self.stop()
-
-    # ------------------------------------------------------------------ state (Python API)
+    # ------------------------------------------------------------------ configuration
 
     def configure(self, **options: Any) -> dict[str, Any]:
         """Change delivery behaviour: rates (0..1), ``status_delay``, ``statuses``, ``seed``,
@@ -772,14 +640,14 @@ class MetaSimulator(CustomerSide, WebhookDelivery, SendingRules, MediaStore):
 # ---------------------------------------------------------------------- control routes
 
 
-def _ctl_index(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+def _ctl_index(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
     return {
         "graph_url": sim.graph_url(),
         "routes": sorted(f"{m} {p}" for m, p in _CONTROL_ROUTES),
     }
 
 
-def _ctl_add_number(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+def _ctl_add_number(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
     required = ("phone_number_id", "waba_id", "token", "app_secret", "display_phone_number")
     missing = [k for k in required if not data.get(k)]
     if missing:
@@ -792,23 +660,23 @@ def _ctl_add_number(sim: MetaSimulator, data: dict[str, Any], query: dict[str, s
     return sim.add_number(number).public()
 
 
-def _ctl_numbers(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+def _ctl_numbers(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
     return {"data": [n.public() for n in sim.numbers()]}
 
 
-def _ctl_config(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+def _ctl_config(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
     return sim.configure(**data)
 
 
-def _ctl_get_config(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+def _ctl_get_config(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
     return sim.config()
 
 
-def _ctl_inbound(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+def _ctl_inbound(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
     return sim.inbound(data)
 
 
-def _ctl_add_fault(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+def _ctl_add_fault(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
     allowed = {
         "phone_number_id",
         "count",
@@ -839,16 +707,16 @@ def _ctl_add_fault(sim: MetaSimulator, data: dict[str, Any], query: dict[str, st
     return sim.add_fault(fault).public()
 
 
-def _ctl_faults(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+def _ctl_faults(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
     return {"data": [f.public() for f in sim.faults()]}
 
 
-def _ctl_clear_faults(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+def _ctl_clear_faults(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
     sim.clear_faults()
     return {"success": True}
 
 
-def _ctl_requests(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+def _ctl_requests(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
     return {
         "data": sim.requests(
             query.get("phone_number_id"),
@@ -857,32 +725,32 @@ def _ctl_requests(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str
     }
 
 
-def _ctl_clear_requests(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+def _ctl_clear_requests(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
     sim.clear_requests()
     return {"success": True}
 
 
-def _ctl_webhooks(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+def _ctl_webhooks(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
     return {"data": sim.webhooks(query.get("kind"))}
 
 
-def _ctl_clear_webhooks(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+def _ctl_clear_webhooks(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
     sim.clear_webhooks()
     return {"success": True}
 
 
-def _ctl_set_templates(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+def _ctl_set_templates(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
     if not data.get("waba_id") or not isinstance(data.get("templates"), list):
         raise ValueError("expected {waba_id, templates: [...]}")
     replace = data.get("replace", True) is not False
     return {"data": sim.set_templates(str(data["waba_id"]), data["templates"], replace=replace)}
 
 
-def _ctl_templates(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+def _ctl_templates(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
     return {"data": sim.templates(query["waba_id"])}
 
 
-def _ctl_template_status(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+def _ctl_template_status(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
     return sim.send_template_status(
         str(data["waba_id"]),
         str(data["name"]),
@@ -892,7 +760,7 @@ def _ctl_template_status(sim: MetaSimulator, data: dict[str, Any], query: dict[s
     )
 
 
-def _ctl_user_preferences(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+def _ctl_user_preferences(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
     return sim.send_user_preference(
         data.get("phone_number_id"),
         str(data["wa_id"]),
@@ -903,13 +771,13 @@ def _ctl_user_preferences(sim: MetaSimulator, data: dict[str, Any], query: dict[
     )
 
 
-def _ctl_raw_webhook(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+def _ctl_raw_webhook(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
     if not isinstance(data.get("payload"), dict):
         raise ValueError("expected {phone_number_id, payload: {...}}")
     return sim.post_raw_webhook(data.get("phone_number_id"), data["payload"])
 
 
-def _ctl_media(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+def _ctl_media(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
     number = sim._number(data.get("phone_number_id"))
     raw = base64.b64decode(data["base64"]) if "base64" in data else str(data["text"]).encode()
     media_id = sim.put_media(
@@ -922,11 +790,11 @@ def _ctl_media(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) 
     }
 
 
-def _ctl_sent(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+def _ctl_sent(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
     return {"data": sim.sent_messages(query.get("biz_opaque_callback_data"))}
 
 
-def _ctl_window(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+def _ctl_window(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
     if not data.get("customer") or "last_inbound_at" not in data:
         raise ValueError("expected {phone_number_id, customer, last_inbound_at: seconds or null}")
     when = data["last_inbound_at"]
@@ -935,11 +803,11 @@ def _ctl_window(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str])
     return sim.set_window(data.get("phone_number_id"), str(data["customer"]), when)
 
 
-def _ctl_get_window(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+def _ctl_get_window(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
     return sim.window(query.get("phone_number_id"), query["customer"])
 
 
-def _ctl_opt_out(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+def _ctl_opt_out(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
     if not data.get("customer"):
         raise ValueError("expected {phone_number_id, customer, value: stop|resume}")
     return sim.set_opt_out(
@@ -947,7 +815,7 @@ def _ctl_opt_out(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]
     )
 
 
-def _ctl_stats(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+def _ctl_stats(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
     wanted = query.get("callback_data", "").lower() in ("1", "true", "yes")
     stats = sim.stats(with_callback_data=wanted)
     if query.get("phone_number_id"):
@@ -956,20 +824,20 @@ def _ctl_stats(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) 
     return {"data": stats}
 
 
-def _ctl_clear_stats(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+def _ctl_clear_stats(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
     sim.clear_stats()
     return {"success": True}
 
 
-def _ctl_wait_idle(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+def _ctl_wait_idle(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
     return {"idle": sim.wait_idle(float(data.get("timeout", 5.0)))}
 
 
-def _ctl_verify(sim: MetaSimulator, data: dict[str, Any], query: dict[str, str]) -> Any:
+def _ctl_verify(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
     return sim.verify_webhook(str(data["verify_token"]), data.get("url"))
 
 
-_Control = Callable[[MetaSimulator, dict[str, Any], dict[str, str]], Any]
+_Control = Callable[[GraphEndpoints, dict[str, Any], dict[str, str]], Any]
 _CONTROL_ROUTES: dict[tuple[str, str], _Control] = {
     ("GET", "/_sim"): _ctl_index,
     ("GET", "/_sim/numbers"): _ctl_numbers,
@@ -999,61 +867,6 @@ _CONTROL_ROUTES: dict[tuple[str, str], _Control] = {
     ("POST", "/_sim/wait_idle"): _ctl_wait_idle,
     ("POST", "/_sim/verify_webhook"): _ctl_verify,
 }
-
-
-# ---------------------------------------------------------------------- HTTP plumbing
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
-    server_version = "MetaSimulator/1.0"
-
-    def do_GET(self) -> None:
-        self._handle("GET")
-
-    def do_POST(self) -> None:
-        self._handle("POST")
-
-    def do_DELETE(self) -> None:
-        self._handle("DELETE")
-
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("%s %s", self.address_string(), format % args)
-
-    def _handle(self, method: str) -> None:
-        sim = self.server.sim
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY_BYTES:
-            self._write(Reply.ok({"error": "body too large"}, status=413))
-            self.close_connection = True
-            return
-        body = self.rfile.read(length) if length else b""
-        if self.path.startswith("/_sim"):
-            reply = sim.handle_control(method, self.path, body)
-        else:
-            headers = {k: v for k, v in self.headers.items()}
-            reply = sim.handle_graph(method, self.path, headers, body)
-        if reply.fault is not None and reply.fault.drop_connection:
-            # Processed, but the caller never learns the outcome.
-            self.close_connection = True
-            with contextlib.suppress(OSError):
-                self.connection.shutdown(socket.SHUT_RDWR)
-            return
-        self._write(reply)
-
-    def _write(self, reply: Reply) -> None:
-        self.send_response(reply.status)
-        self.send_header("Content-Type", reply.content_type)
-        self.send_header("Content-Length", str(len(reply.body)))
-        if reply.content_type == "application/json":
-            self.send_header("X-FB-Trace-ID", fbtrace_id())
-        self.end_headers()
-        try:
-            self.wfile.write(reply.body)
-        except (BrokenPipeError, ConnectionResetError):
-            # The caller gave up (a timeout test); what it missed is in the request log.
-            self.close_connection = True
 
 
 # ---------------------------------------------------------------------- helpers
