@@ -1,61 +1,31 @@
-"""A local stand-in for Meta's WhatsApp Cloud API (DESIGN.md §11).
-
-It serves the Graph endpoints Klaros calls under any ``/vNN.N/`` prefix, checks the bearer token
-per number, answers like Meta (ids, error JSON, HTTP statuses), and then delivers signed status
-webhooks (sent, delivered, read, with pricing) to the webhook URL, optionally batched, duplicated
-and out of order. A control API under ``/_sim/`` lets tests and demos make a customer write, inject
-faults and read back every request.
-
-It applies Meta's sending rules: free-form sends outside the customer's 24-hour window are
-accepted and then fail with 131047 (``enforce_window``; off for ``MetaSimulator(...)``, on for the
-management command; ``POST /_sim/window`` sets a window), MARKETING templates to a customer who
-tapped Stop fail with 131050 (``POST /_sim/opt_out`` or ``/_sim/user_preferences``), and more than
-``rate_limit_per_second`` (80) accepted sends per number in a rolling second answer 130429.
-``GET /_sim/stats`` counts accepted, rejected and failed sends and webhooks per number.
-
-Run it in-process (``MetaSimulator(...).start()``, see :mod:`apps.whatsapp.testing`) or with
-``manage.py meta_simulator``. It binds to loopback by default and has no authentication on the
-control API: it is a development tool, never expose it.
-"""
+"""The Graph endpoints the simulator serves under any ``/vNN.N/`` prefix: sends and
+mark-as-read (``POST /{phone_number_id}/messages``), media upload, lookup, download and
+delete, the phone number object and ``GET /{waba_id}/message_templates``. Each request is
+authenticated by its bearer token, routed, checked against the sending rules, answered like
+Meta (ids, error JSON, HTTP statuses) and logged; injected faults are applied on the way,
+and the optional Meta-like latency holds a send's answer after it was logged."""
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import json
-import logging
 import math
 import random
 import re
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict
+from collections.abc import Mapping
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.policy import HTTP
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from .customer import CustomerSide
-from .errors import (
-    SimError,
-    token_error,
-    unknown_object,
-)
+from .errors import SimError, token_error, unknown_object
 from .media import DOWNLOAD_PATH, MEDIA_LIMITS, MediaStore
 from .rules import SendingRules
-from .state import (
-    Fault,
-    Reply,
-    SimConfig,
-    SimNumber,
-    new_wamid,
-    now_iso,
-)
+from .state import Fault, Reply, SimNumber, new_wamid, now_iso
 from .webhooks import WebhookDelivery
-
-logger = logging.getLogger("klaros.whatsapp.simulator")
 
 _VERSION_RE = re.compile(r"^/v\d+\.\d+(?=/)")
 _SEND_TYPES = frozenset(
@@ -75,7 +45,7 @@ _SEND_TYPES = frozenset(
 )
 
 
-class GraphEndpoints(CustomerSide, WebhookDelivery, SendingRules, MediaStore):
+class GraphEndpoints(WebhookDelivery, SendingRules, MediaStore):
     """The Graph API Klaros calls, with the request log and the faults to inject."""
 
     _faults: list[Fault]
@@ -85,88 +55,7 @@ class GraphEndpoints(CustomerSide, WebhookDelivery, SendingRules, MediaStore):
     _sent: dict[str, dict[str, Any]]
     _latency_rng: random.Random
 
-    # ------------------------------------------------------------------ configuration
-
-    def configure(self, **options: Any) -> dict[str, Any]:
-        """Change delivery behaviour: rates (0..1), ``status_delay``, ``statuses``, ``seed``,
-        ``max_attempts``, ``retry_delay``, ``escape_slashes``, ``media_url_ttl``,
-        ``webhook_url``, ``hold_webhooks`` (queue without posting), ``chaos`` (true sets the
-        default chaos rates, false zeroes them).
-
-        Sending rules: ``enforce_window`` (free-form sends outside the customer's 24-hour window
-        fail with 131047), ``window_seconds`` (its length, 86400), ``window_sync_error`` (answer
-        131047 synchronously instead of a ``failed`` webhook), ``enforce_opt_out`` (MARKETING
-        templates to a customer who tapped Stop fail with 131050), ``rate_limit_per_second``
-        (accepted sends per number in any rolling second before 130429; 0 disables).
-
-        Latency (benchmarks): ``latency_median_ms`` and ``latency_sigma`` delay each answer to
-        ``POST /{phone_number_id}/messages`` by a lognormal draw (median, sigma of its log; 0 ms
-        by default), after the call was processed and logged: the rate limit and the request
-        log see the arrival, the caller waits. Draws are deterministic for a given ``seed``.
-        """
-        with self._lock:
-            cfg = self._config
-            if "chaos" in options:
-                chaos = bool(options.pop("chaos"))
-                for key, value in SimConfig.CHAOS.items():
-                    setattr(cfg, key, value if chaos else 0.0)
-            if "seed" in options:
-                self._seed = options.pop("seed")
-                self._rng.seed(self._seed)
-                self._latency_rng.seed(self._seed)
-            if "webhook_url" in options:
-                self.webhook_url = options.pop("webhook_url") or None
-            for key, value in options.items():
-                if key.endswith("_rate"):
-                    rate = float(value)
-                    if not 0.0 <= rate <= 1.0 or not hasattr(cfg, key):
-                        raise ValueError(f"{key}: expected a known rate between 0 and 1")
-                    setattr(cfg, key, rate)
-                elif key == "statuses":
-                    allowed = {"sent", "delivered", "read", "played"}
-                    if not isinstance(value, list) or not set(value) <= allowed:
-                        raise ValueError(f"statuses: a list drawn from {sorted(allowed)}")
-                    cfg.statuses = tuple(value)
-                elif key in ("status_delay", "retry_delay", "media_url_ttl", "webhook_timeout"):
-                    setattr(cfg, key, max(0.0, float(value)))
-                elif key == "max_attempts":
-                    cfg.max_attempts = max(1, int(value))
-                elif key == "escape_slashes":
-                    cfg.escape_slashes = bool(value)
-                elif key in ("enforce_window", "window_sync_error", "enforce_opt_out"):
-                    if not isinstance(value, bool):
-                        raise ValueError(f"{key}: expected true or false")
-                    setattr(cfg, key, value)
-                elif key == "window_seconds":
-                    seconds = float(value)
-                    if seconds <= 0:
-                        raise ValueError("window_seconds: expected a positive number")
-                    cfg.window_seconds = seconds
-                elif key in ("latency_median_ms", "latency_sigma"):
-                    number = float(value)
-                    if isinstance(value, bool) or number < 0:
-                        raise ValueError(f"{key}: expected 0 or more")
-                    setattr(cfg, key, number)
-                elif key == "rate_limit_per_second":
-                    if isinstance(value, bool) or int(value) < 0:
-                        raise ValueError("rate_limit_per_second: expected 0 (off) or more")
-                    cfg.rate_limit_per_second = int(value)
-                elif key == "hold_webhooks":
-                    self._held = bool(value)
-                    self._cond.notify_all()
-                else:
-                    raise ValueError(f"unknown option {key!r}")
-            return self.config()
-
-    def config(self) -> dict[str, Any]:
-        """The current delivery configuration."""
-        with self._lock:
-            data = {k: v for k, v in asdict(self._config).items()}
-            data["statuses"] = list(self._config.statuses)
-            data["seed"] = self._seed
-            data["webhook_url"] = self.webhook_url
-            data["hold_webhooks"] = self._held
-            return data
+    # ------------------------------------------------------------------ faults
 
     def add_fault(self, fault: Fault) -> Fault:
         """Queue a fault for the next ``fault.count`` matching Graph calls."""
@@ -614,259 +503,6 @@ class GraphEndpoints(CustomerSide, WebhookDelivery, SendingRules, MediaStore):
         if owner is None or owner.token != caller.token:
             return Reply.error(token_error())
         return Reply(200, media.data, media.mime_type)
-
-    # ------------------------------------------------------------------ control API
-
-    def handle_control(self, method: str, raw_path: str, body: bytes) -> Reply:
-        """Answer a ``/_sim/...`` control request."""
-        parts = urlsplit(raw_path)
-        route = parts.path.rstrip("/")
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        try:
-            data = json.loads(body) if body.strip() else {}
-        except ValueError:
-            return Reply.ok({"error": "body is not valid JSON"}, status=400)
-        if not isinstance(data, dict):
-            return Reply.ok({"error": "body must be a JSON object"}, status=400)
-        handler = _CONTROL_ROUTES.get((method, route))
-        if handler is None:
-            return Reply.ok({"error": f"no control route {method} {route}"}, status=404)
-        try:
-            return Reply.ok(handler(self, data, query))
-        except (ValueError, KeyError, TypeError) as exc:
-            return Reply.ok({"error": str(exc)}, status=400)
-
-
-# ---------------------------------------------------------------------- control routes
-
-
-def _ctl_index(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
-    return {
-        "graph_url": sim.graph_url(),
-        "routes": sorted(f"{m} {p}" for m, p in _CONTROL_ROUTES),
-    }
-
-
-def _ctl_add_number(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
-    required = ("phone_number_id", "waba_id", "token", "app_secret", "display_phone_number")
-    missing = [k for k in required if not data.get(k)]
-    if missing:
-        raise ValueError(f"missing: {', '.join(missing)}")
-    number = SimNumber(
-        **{k: str(data[k]) for k in required},
-        verified_name=str(data.get("verified_name") or "Klaros Demo"),
-        webhook_url=data.get("webhook_url") or None,
-    )
-    return sim.add_number(number).public()
-
-
-def _ctl_numbers(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
-    return {"data": [n.public() for n in sim.numbers()]}
-
-
-def _ctl_config(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
-    return sim.configure(**data)
-
-
-def _ctl_get_config(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
-    return sim.config()
-
-
-def _ctl_inbound(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
-    return sim.inbound(data)
-
-
-def _ctl_add_fault(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
-    allowed = {
-        "phone_number_id",
-        "count",
-        "code",
-        "http_status",
-        "async",
-        "delay",
-        "drop_connection",
-        "non_json",
-        "details",
-        "scope",
-    }
-    unknown = set(data) - allowed
-    if unknown:
-        raise ValueError(f"unknown fault field(s): {', '.join(sorted(unknown))}")
-    fault = Fault(
-        phone_number_id=str(data["phone_number_id"]) if data.get("phone_number_id") else None,
-        count=int(data.get("count", 1)),
-        code=int(data["code"]) if data.get("code") is not None else None,
-        http_status=int(data["http_status"]) if data.get("http_status") is not None else None,
-        async_=bool(data.get("async", False)),
-        delay=float(data.get("delay", 0.0)),
-        drop_connection=bool(data.get("drop_connection", False)),
-        non_json=bool(data.get("non_json", False)),
-        details=data.get("details"),
-        scope=str(data.get("scope", "messages")),
-    )
-    return sim.add_fault(fault).public()
-
-
-def _ctl_faults(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
-    return {"data": [f.public() for f in sim.faults()]}
-
-
-def _ctl_clear_faults(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
-    sim.clear_faults()
-    return {"success": True}
-
-
-def _ctl_requests(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
-    return {
-        "data": sim.requests(
-            query.get("phone_number_id"),
-            biz_opaque_callback_data=query.get("biz_opaque_callback_data"),
-        )
-    }
-
-
-def _ctl_clear_requests(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
-    sim.clear_requests()
-    return {"success": True}
-
-
-def _ctl_webhooks(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
-    return {"data": sim.webhooks(query.get("kind"))}
-
-
-def _ctl_clear_webhooks(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
-    sim.clear_webhooks()
-    return {"success": True}
-
-
-def _ctl_set_templates(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
-    if not data.get("waba_id") or not isinstance(data.get("templates"), list):
-        raise ValueError("expected {waba_id, templates: [...]}")
-    replace = data.get("replace", True) is not False
-    return {"data": sim.set_templates(str(data["waba_id"]), data["templates"], replace=replace)}
-
-
-def _ctl_templates(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
-    return {"data": sim.templates(query["waba_id"])}
-
-
-def _ctl_template_status(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
-    return sim.send_template_status(
-        str(data["waba_id"]),
-        str(data["name"]),
-        str(data["event"]),
-        language=str(data.get("language", "en_US")),
-        reason=data.get("reason", "NONE"),
-    )
-
-
-def _ctl_user_preferences(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
-    return sim.send_user_preference(
-        data.get("phone_number_id"),
-        str(data["wa_id"]),
-        str(data.get("value", "stop")),
-        category=str(data.get("category", "marketing_messages")),
-        user_id=data.get("user_id"),
-        name=data.get("name"),
-    )
-
-
-def _ctl_raw_webhook(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
-    if not isinstance(data.get("payload"), dict):
-        raise ValueError("expected {phone_number_id, payload: {...}}")
-    return sim.post_raw_webhook(data.get("phone_number_id"), data["payload"])
-
-
-def _ctl_media(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
-    number = sim._number(data.get("phone_number_id"))
-    raw = base64.b64decode(data["base64"]) if "base64" in data else str(data["text"]).encode()
-    media_id = sim.put_media(
-        number.phone_number_id, raw, str(data.get("mime_type", "image/jpeg")), data.get("filename")
-    )
-    return {
-        "id": media_id,
-        "sha256": hashlib.sha256(raw).hexdigest(),
-        "url": sim.media_download_url(media_id),
-    }
-
-
-def _ctl_sent(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
-    return {"data": sim.sent_messages(query.get("biz_opaque_callback_data"))}
-
-
-def _ctl_window(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
-    if not data.get("customer") or "last_inbound_at" not in data:
-        raise ValueError("expected {phone_number_id, customer, last_inbound_at: seconds or null}")
-    when = data["last_inbound_at"]
-    if when is not None and (isinstance(when, bool) or not isinstance(when, int | float)):
-        raise ValueError("last_inbound_at: unix seconds or null")
-    return sim.set_window(data.get("phone_number_id"), str(data["customer"]), when)
-
-
-def _ctl_get_window(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
-    return sim.window(query.get("phone_number_id"), query["customer"])
-
-
-def _ctl_opt_out(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
-    if not data.get("customer"):
-        raise ValueError("expected {phone_number_id, customer, value: stop|resume}")
-    return sim.set_opt_out(
-        data.get("phone_number_id"), str(data["customer"]), str(data.get("value", "stop"))
-    )
-
-
-def _ctl_stats(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
-    wanted = query.get("callback_data", "").lower() in ("1", "true", "yes")
-    stats = sim.stats(with_callback_data=wanted)
-    if query.get("phone_number_id"):
-        pnid = query["phone_number_id"]
-        stats = {pnid: stats[pnid]} if pnid in stats else {}
-    return {"data": stats}
-
-
-def _ctl_clear_stats(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
-    sim.clear_stats()
-    return {"success": True}
-
-
-def _ctl_wait_idle(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
-    return {"idle": sim.wait_idle(float(data.get("timeout", 5.0)))}
-
-
-def _ctl_verify(sim: GraphEndpoints, data: dict[str, Any], query: dict[str, str]) -> Any:
-    return sim.verify_webhook(str(data["verify_token"]), data.get("url"))
-
-
-_Control = Callable[[GraphEndpoints, dict[str, Any], dict[str, str]], Any]
-_CONTROL_ROUTES: dict[tuple[str, str], _Control] = {
-    ("GET", "/_sim"): _ctl_index,
-    ("GET", "/_sim/numbers"): _ctl_numbers,
-    ("POST", "/_sim/numbers"): _ctl_add_number,
-    ("GET", "/_sim/config"): _ctl_get_config,
-    ("POST", "/_sim/config"): _ctl_config,
-    ("POST", "/_sim/inbound"): _ctl_inbound,
-    ("GET", "/_sim/faults"): _ctl_faults,
-    ("POST", "/_sim/faults"): _ctl_add_fault,
-    ("DELETE", "/_sim/faults"): _ctl_clear_faults,
-    ("GET", "/_sim/requests"): _ctl_requests,
-    ("DELETE", "/_sim/requests"): _ctl_clear_requests,
-    ("GET", "/_sim/webhooks"): _ctl_webhooks,
-    ("DELETE", "/_sim/webhooks"): _ctl_clear_webhooks,
-    ("GET", "/_sim/templates"): _ctl_templates,
-    ("POST", "/_sim/templates"): _ctl_set_templates,
-    ("POST", "/_sim/template_status"): _ctl_template_status,
-    ("POST", "/_sim/user_preferences"): _ctl_user_preferences,
-    ("POST", "/_sim/raw_webhook"): _ctl_raw_webhook,
-    ("POST", "/_sim/media"): _ctl_media,
-    ("GET", "/_sim/sent"): _ctl_sent,
-    ("GET", "/_sim/window"): _ctl_get_window,
-    ("POST", "/_sim/window"): _ctl_window,
-    ("POST", "/_sim/opt_out"): _ctl_opt_out,
-    ("GET", "/_sim/stats"): _ctl_stats,
-    ("DELETE", "/_sim/stats"): _ctl_clear_stats,
-    ("POST", "/_sim/wait_idle"): _ctl_wait_idle,
-    ("POST", "/_sim/verify_webhook"): _ctl_verify,
-}
 
 
 # ---------------------------------------------------------------------- helpers

@@ -18,8 +18,9 @@ from typing import Any
 
 import requests
 
+from .control import handle_control
+from .core import SimulatorCore
 from .errors import fbtrace_id
-from .graph import GraphEndpoints
 from .state import Reply, SimConfig, SimNumber
 
 logger = logging.getLogger("klaros.whatsapp.simulator")
@@ -42,7 +43,7 @@ class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
-class MetaSimulator(GraphEndpoints):
+class MetaSimulator(SimulatorCore):
     """The Meta stand-in. ``start()`` serves in a background thread; ``stop()`` ends it.
 
     ``port=0`` picks a free port; read it back from :attr:`url`. All rates default to 0, so
@@ -143,6 +144,10 @@ class MetaSimulator(GraphEndpoints):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def handle_control(self, method: str, raw_path: str, body: bytes) -> Reply:
+        """Answer a ``/_sim/...`` control request."""
+        return handle_control(self, method, raw_path, body)
 
     def serve_until_interrupted(self) -> None:
         """Start and block until Ctrl-C (for the management command)."""
