@@ -174,7 +174,7 @@ def _ctl_raw_webhook(sim: SimulatorCore, data: dict[str, Any], query: dict[str, 
 
 
 def _ctl_media(sim: SimulatorCore, data: dict[str, Any], query: dict[str, str]) -> Any:
-    number = sim._number(data.get("phone_number_id"))
+    number = sim.number(data.get("phone_number_id"))
     raw = base64.b64decode(data["base64"]) if "base64" in data else str(data["text"]).encode()
     media_id = sim.put_media(
         number.phone_number_id, raw, str(data.get("mime_type", "image/jpeg")), data.get("filename")

@@ -32,7 +32,7 @@ class CustomerSide(WebhookDelivery, SendingRules, MediaStore):
         See :func:`build_inbound_message` for ``spec``. Returns the wamid, the exact body
         posted, its signature and the HTTP status Klaros answered (None if unreachable).
         """
-        number = self._number(spec.get("phone_number_id"))
+        number = self.number(spec.get("phone_number_id"))
         message, contacts, media_id = self._build_inbound(number, spec)
         value: dict[str, Any] = {
             "messaging_product": "whatsapp",
@@ -73,7 +73,7 @@ class CustomerSide(WebhookDelivery, SendingRules, MediaStore):
         name: str | None = None,
     ) -> dict[str, Any]:
         """Deliver a ``user_preferences`` webhook (customer tapped Stop/Resume promotions)."""
-        number = self._number(phone_number_id)
+        number = self.number(phone_number_id)
         detail = {
             "stop": "User requested to stop marketing messages",
             "resume": "User requested to resume marketing messages",

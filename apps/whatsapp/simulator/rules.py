@@ -67,7 +67,7 @@ class SendingRules(SimulatorState):
     ) -> dict[str, Any]:
         """Set when ``customer`` (wa_id or user_id) last wrote to a number, in unix seconds;
         ``None`` forgets it (window never opened). E.g. ``time.time() - 25 * 3600``."""
-        number = self._number(phone_number_id)
+        number = self.number(phone_number_id)
         key = (number.phone_number_id, _customer_key(customer))
         with self._lock:
             if last_inbound_at is None:
@@ -78,7 +78,7 @@ class SendingRules(SimulatorState):
 
     def window(self, phone_number_id: str | None, customer: str) -> dict[str, Any]:
         """The customer-service window (and marketing opt-out) of one customer."""
-        number = self._number(phone_number_id)
+        number = self.number(phone_number_id)
         key = (number.phone_number_id, _customer_key(customer))
         with self._lock:
             last = self._windows.get(key)
@@ -98,7 +98,7 @@ class SendingRules(SimulatorState):
         """Record a marketing ``stop`` or ``resume`` without posting a webhook."""
         if value not in ("stop", "resume"):
             raise ValueError("value: expected 'stop' or 'resume'")
-        number = self._number(phone_number_id)
+        number = self.number(phone_number_id)
         self._record_preference(number.phone_number_id, [customer], value)
         return self.window(number.phone_number_id, customer)
 

@@ -242,7 +242,9 @@ class SimulatorState:
         with self._lock:
             return list(self._numbers.values())
 
-    def _number(self, phone_number_id: str | None) -> SimNumber:
+    def number(self, phone_number_id: str | None = None) -> SimNumber:
+        """The registered number with this id, or the only one when ``None``; ValueError
+        when it is unknown (or ``None`` while several are registered)."""
         with self._lock:
             if phone_number_id is None:
                 if len(self._numbers) == 1:

@@ -84,7 +84,7 @@ class WebhookDelivery(SimulatorState):
         self, phone_number_id: str | None, payload: Mapping[str, Any]
     ) -> dict[str, Any]:
         """Sign any payload with a number's app secret and post it (for odd shapes)."""
-        number = self._number(phone_number_id)
+        number = self.number(phone_number_id)
         return self._post_now(number, payload, kind="raw")
 
     def verify_webhook(self, verify_token: str, url: str | None = None) -> dict[str, Any]:
