@@ -16,6 +16,18 @@ tapped Stop fail with 131050 (``POST /_sim/opt_out`` or ``/_sim/user_preferences
 Run it in-process (``MetaSimulator(...).start()``, see :mod:`apps.whatsapp.testing`) or with
 ``manage.py meta_simulator``. It binds to loopback by default and has no authentication on the
 control API: it is a development tool, never expose it.
+
+The package has one module per concern; :class:`MetaSimulator` combines their mixins:
+
+- ``server``: ``MetaSimulator`` itself (the shared state, start/stop) and the HTTP handler;
+- ``core``: ``SimulatorCore``, every behaviour combined, with ``configure()``/``config()``;
+- ``graph``: the Graph endpoints, token auth, fault injection, latency, the request log;
+- ``rules``: Meta's sending rules (24-hour window, templates, opt-outs, rate limit);
+- ``webhooks``: signing, posting, scheduled statuses, batching, retries, the dispatch loop;
+- ``customer``: the simulated customer (inbound messages, preferences) and template events;
+- ``media``: stored media and its signed download links;
+- ``control``: the ``/_sim/`` routes;
+- ``state`` and ``errors``: the shared state, dataclasses and Meta's error catalogue.
 """
 
 from .errors import ERROR_CATALOG, SimError

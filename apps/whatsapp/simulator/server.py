@@ -62,6 +62,7 @@ class MetaSimulator(SimulatorCore):
         chaos: bool = False,
         enforce_window: bool = False,
     ) -> None:
+        # The state of every part; each mixin declares the types of what it uses.
         self.host = host
         self.port = port
         self.webhook_url = webhook_url
