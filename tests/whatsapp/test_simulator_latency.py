@@ -8,10 +8,11 @@ import time
 from datetime import datetime
 
 import pytest
+import requests
 
 from apps.whatsapp.graph import GraphClient
 from apps.whatsapp.simulator import MetaSimulator
-from apps.whatsapp.testing import DEMO_NUMBER, running_simulator
+from apps.whatsapp.testing import DEMO_NUMBER, running_simulator, wait_until
 
 PNID = DEMO_NUMBER.phone_number_id
 TEXT = {"to": "+15551234567", "type": "text", "text": {"body": "Hi"}}
@@ -53,6 +54,22 @@ def test_it_does_not_serialise_concurrent_sends():
             thread.join()
         assert time.monotonic() - started < 1.2  # 8 x 0.3 s one after another would be 2.4 s
         assert len(sim.requests(PNID)) == 8
+
+
+def test_it_counts_the_sends_it_holds_in_flight_and_how_long_it_held_each():
+    with running_simulator(latency_median_ms=200, latency_sigma=0) as sim:
+        assert sim.sends_in_flight() == {"now": 0, "max": 0}
+        sending = threading.Thread(target=timed_send, args=(sim,))
+        sending.start()
+        wait_until(lambda: sim.sends_in_flight()["now"] == 1, message="the send never arrived")
+        sending.join()
+        assert sim.sends_in_flight() == {"now": 0, "max": 1}
+        [request] = sim.requests(PNID)
+        assert request["latency"] == pytest.approx(0.2)
+        response = requests.get(f"{sim.url}/_sim/stats", timeout=10)
+        assert response.json()["sends_in_flight"] == {"now": 0, "max": 1}
+        assert requests.delete(f"{sim.url}/_sim/stats", timeout=10).status_code == 200
+        assert sim.sends_in_flight() == {"now": 0, "max": 0}
 
 
 def test_its_latency_draws_are_lognormal_and_deterministic_with_the_seed():

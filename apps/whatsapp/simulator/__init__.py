@@ -11,7 +11,9 @@ accepted and then fail with 131047 (``enforce_window``; off for ``MetaSimulator(
 management command; ``POST /_sim/window`` sets a window), MARKETING templates to a customer who
 tapped Stop fail with 131050 (``POST /_sim/opt_out`` or ``/_sim/user_preferences``), and more than
 ``rate_limit_per_second`` (80) accepted sends per number in a rolling second answer 130429.
-``GET /_sim/stats`` counts accepted, rejected and failed sends and webhooks per number.
+``GET /_sim/stats`` counts accepted, rejected and failed sends and webhooks per number, and the
+most sends the simulator held in flight at once; the request log says how long each answer was
+held.
 
 Run it in-process (``MetaSimulator(...).start()``, see :mod:`apps.whatsapp.testing`) or with
 ``manage.py meta_simulator``. It binds to loopback by default and has no authentication on the

@@ -217,7 +217,7 @@ def _ctl_stats(sim: SimulatorCore, data: dict[str, Any], query: dict[str, str]) 
     if query.get("phone_number_id"):
         pnid = query["phone_number_id"]
         stats = {pnid: stats[pnid]} if pnid in stats else {}
-    return {"data": stats}
+    return {"data": stats, "sends_in_flight": sim.sends_in_flight()}
 
 
 def _ctl_clear_stats(sim: SimulatorCore, data: dict[str, Any], query: dict[str, str]) -> Any:

@@ -85,7 +85,9 @@ class GraphEndpoints(WebhookDelivery, SendingRules, MediaStore):
         self, phone_number_id: str | None = None, *, biz_opaque_callback_data: str | None = None
     ) -> list[dict[str, Any]]:
         """Every Graph request received (oldest first), optionally for one number and/or one
-        ``biz_opaque_callback_data`` (sends whose JSON body carried it)."""
+        ``biz_opaque_callback_data`` (sends whose JSON body carried it). Each says when it
+        arrived (``time``), what was answered (``status``, ``response``) and for how many
+        seconds the answer was held after it was logged (``latency``)."""
         with self._lock:
             return [
                 dict(r)
@@ -159,20 +161,31 @@ class GraphEndpoints(WebhookDelivery, SendingRules, MediaStore):
             "form": None,
             "fault": None,
         }
-        reply = self._route(method, parts.path, segments, query, headers, body, entry)
-        entry["status"] = reply.status
-        entry["response"] = reply.json_body
-        with self._lock:
-            entry["id"] = len(self._requests) + 1
-            self._requests.append(entry)
-            if method == "POST" and len(segments) == 2 and segments[1] == "messages":
-                self._count_send(entry.get("phone_number_id") or segments[0], entry, body, reply)
-                delay = self._latency()
-            else:
-                delay = 0.0
-        if delay:
-            time.sleep(delay)
-        return reply
+        is_send = method == "POST" and len(segments) == 2 and segments[1] == "messages"
+        if is_send:
+            self._send_arrived()
+        try:
+            reply = self._route(method, parts.path, segments, query, headers, body, entry)
+            entry["status"] = reply.status
+            entry["response"] = reply.json_body
+            with self._lock:
+                entry["id"] = len(self._requests) + 1
+                self._requests.append(entry)
+                if is_send:
+                    self._count_send(
+                        entry.get("phone_number_id") or segments[0], entry, body, reply
+                    )
+                    delay = self._latency()
+                else:
+                    delay = 0.0
+                # Seconds the answer is held after logging: what a caller waits for at least.
+                entry["latency"] = delay
+            if delay:
+                time.sleep(delay)
+            return reply
+        finally:
+            if is_send:
+                self._send_answered()
 
     def _latency(self) -> float:
         """Seconds to hold a send's answer (callers hold the lock)."""

@@ -84,6 +84,8 @@ class MetaSimulator(SimulatorCore):
         self._pending = []
         self._held = False
         self._inflight = 0
+        self._sends_in_flight = 0
+        self._sends_in_flight_max = 0
         self._config = SimConfig(
             **(SimConfig.CHAOS if chaos else {}), enforce_window=enforce_window
         )

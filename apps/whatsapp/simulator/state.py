@@ -208,6 +208,9 @@ class SimulatorState:
     _seed: int | None
     _rng: random.Random
     _server: ThreadingHTTPServer | None
+    # POST /{phone_number_id}/messages calls being answered now, and the most at once.
+    _sends_in_flight: int
+    _sends_in_flight_max: int
 
     # ------------------------------------------------------------------ where it listens
 
@@ -267,9 +270,28 @@ class SimulatorState:
             }
 
     def clear_stats(self) -> None:
-        """Reset the counters behind :meth:`stats` (not windows, opt-outs or logs)."""
+        """Reset the counters behind :meth:`stats` and the high-water mark of
+        :meth:`sends_in_flight` (not windows, opt-outs or logs)."""
         with self._lock:
             self._stats.clear()
+            self._sends_in_flight_max = self._sends_in_flight
+
+    def sends_in_flight(self) -> dict[str, int]:
+        """``POST /{phone_number_id}/messages`` calls (sends and mark-as-read) the simulator
+        holds right now (``now``: arrived, not answered yet) and the most it held at once since
+        it was created or :meth:`clear_stats` (``max``). Sends held by latency or a fault's delay
+        count, so ``max`` shows whether concurrent callers were answered side by side."""
+        with self._lock:
+            return {"now": self._sends_in_flight, "max": self._sends_in_flight_max}
+
+    def _send_arrived(self) -> None:
+        with self._lock:
+            self._sends_in_flight += 1
+            self._sends_in_flight_max = max(self._sends_in_flight_max, self._sends_in_flight)
+
+    def _send_answered(self) -> None:
+        with self._lock:
+            self._sends_in_flight -= 1
 
     def _stats_for(self, phone_number_id: str) -> NumberStats:
         # Callers hold the lock.
