@@ -32,6 +32,10 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # a handler sleeping in a delay fault must not block stop()
     allow_reuse_address = True
+    # socketserver's default backlog is 5: a burst of more connections than that (the
+    # dispatcher opens dozens at once) overflowed it, and the dropped SYNs were retried a
+    # second later, a stall that only showed up as a slow answer.
+    request_queue_size = 128
     sim: MetaSimulator
 
     def handle_error(self, request: Any, client_address: Any) -> None:
