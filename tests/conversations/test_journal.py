@@ -182,12 +182,33 @@ def test_it_marks_a_failing_event_failed_retries_it_later_and_processes_the_rest
 def test_it_backs_off_longer_after_each_failed_attempt(client, acme, monkeypatch):
     post(client, acme, "always failing")
     monkeypatch.setattr(journal, "ingest_event", lambda event, directory=None: 1 / 0)
+    # Each gap runs from the instant the failure was recorded, not from after the drain (that
+    # would take off however long the machine took): the journal's clock is stopped at a
+    # known instant while it schedules the next attempt.
+    failed_at = []
+    real_mark_failed = journal._mark_failed
+
+    def mark_failed_at_a_known_instant(event, exc):
+        instant = timezone.now()
+
+        class Stopped:
+            @staticmethod
+            def now():
+                return instant
+
+        with monkeypatch.context() as stopped:
+            stopped.setattr(journal, "timezone", Stopped)
+            real_mark_failed(event, exc)
+        failed_at.append(instant)
+
+    monkeypatch.setattr(journal, "_mark_failed", mark_failed_at_a_known_instant)
     gaps = []
     for _ in range(4):
         WebhookEvent.objects.update(next_attempt_at=timezone.now() - timedelta(seconds=1))
         drain_batch()
         event = WebhookEvent.objects.get()
-        gaps.append((event.next_attempt_at - timezone.now()).total_seconds())
+        gaps.append((event.next_attempt_at - failed_at[-1]).total_seconds())
+    assert len(failed_at) == 4
     assert event.attempts == 4
     assert event.state == WebhookState.FAILED
     assert gaps == sorted(gaps)

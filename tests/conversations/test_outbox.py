@@ -246,7 +246,27 @@ def dispatch_with_fast_forward(message, rounds=10):
     ],
     ids=["130429", "131000", "131016", "131056", "503", "500", "502-html"],
 )
-def test_it_retries_retryable_errors_with_growing_jittered_gaps(sim, acme, fault):
+def test_it_retries_retryable_errors_with_growing_jittered_gaps(sim, acme, fault, monkeypatch):
+    # Each gap is measured from the instant its retry was scheduled, not from before the
+    # dispatch (that would add however long the machine took): the outbox's clock is stopped
+    # at a known instant while it schedules the retry.
+    backoffs = []
+    real_retry_later = outbox._retry_later
+
+    def retry_later_at_a_known_instant(message, reason):
+        instant = timezone.now()
+
+        class Stopped:
+            @staticmethod
+            def now():
+                return instant
+
+        with monkeypatch.context() as stopped:
+            stopped.setattr(outbox, "timezone", Stopped)
+            real_retry_later(message, reason)
+        backoffs.append((reload(message).next_attempt_at - instant).total_seconds())
+
+    monkeypatch.setattr(outbox, "_retry_later", retry_later_at_a_known_instant)
     message = reply(acme)
     sim.add_fault(Fault(acme.number.phone_number_id, count=3, **fault))
     gaps = dispatch_with_fast_forward(message)
@@ -254,10 +274,11 @@ def test_it_retries_retryable_errors_with_growing_jittered_gaps(sim, acme, fault
     assert (message.status, message.attempts) == ("accepted", 4)
     assert len(graph_sends(sim)) == 4
     assert [g > 0 for g in gaps] == [True] * 3
-    for attempt, gap in enumerate(gaps, start=1):
-        assert 0.8 * 2**attempt - 0.5 <= gap <= 1.3 * 2**attempt + 0.5, gaps
-    assert gaps[0] < gaps[1] < gaps[2]
-    assert not any(g == 2**a for a, g in enumerate(gaps, start=1))  # jittered, not exact
+    assert len(backoffs) == 3
+    for attempt, backoff in enumerate(backoffs, start=1):
+        assert 0.8 * 2**attempt <= backoff <= 1.3 * 2**attempt, backoffs
+    assert backoffs[0] < backoffs[1] < backoffs[2]
+    assert not any(b == 2**a for a, b in enumerate(backoffs, start=1))  # jittered, not exact
     assert message.error_code is None
     assert len(audit_events(acme, "send.accepted")) == 1
 

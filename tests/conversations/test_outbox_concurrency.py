@@ -85,9 +85,11 @@ def test_it_sends_many_messages_across_numbers_concurrently_each_exactly_once(
 
     started = time.monotonic()
     assert dispatch_outbox(time_budget=30) == len(messages) == 60
-    elapsed = time.monotonic() - started
+    elapsed = time.monotonic() - started  # for the message only: a busy machine is slower
 
-    assert elapsed < 6, f"not concurrent: {elapsed:.1f} s for 60 calls of 0.2 s"
+    # One at a time, "Meta" would never hold two calls at once; the pool holds at most 16.
+    held = sim.sends_in_flight()["max"]
+    assert 1 < held <= 16, f"{held} call(s) in flight at most, 60 calls took {elapsed:.1f} s"
     sends = sends_per_message(sim)
     assert set(sends) == {str(m.pk) for m in messages}
     assert max(sends.values()) == 1, sends  # exactly once each

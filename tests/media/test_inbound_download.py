@@ -240,8 +240,29 @@ def _make_due(world, media_object):
 
 
 def test_it_retries_a_5xx_with_backoff_then_stores(
-    media_backend, acme, sim, settings, django_capture_on_commit_callbacks
+    media_backend, acme, sim, settings, django_capture_on_commit_callbacks, monkeypatch
 ):
+    # Each backoff is measured from the instant its retry was scheduled (not from whenever the
+    # test gets to look, which depends on the machine's speed): the services' clock is stopped
+    # at a known instant while they schedule the retry.
+    backoffs = []
+    real_retry_later = services._retry_later
+
+    def retry_later_at_a_known_instant(media_object, reason):
+        instant = timezone.now()
+
+        class Stopped:
+            @staticmethod
+            def now():
+                return instant
+
+        with monkeypatch.context() as stopped:
+            stopped.setattr(services, "timezone", Stopped)
+            result = real_retry_later(media_object, reason)
+        backoffs.append(media_object.next_attempt_at - instant)
+        return result
+
+    monkeypatch.setattr(services, "_retry_later", retry_later_at_a_known_instant)
     with FlakyGraph(sim, failures=2) as flaky:
         settings.WHATSAPP_GRAPH_URL = flaky.graph_url
         media_object = receive(
@@ -250,8 +271,9 @@ def test_it_retries_a_5xx_with_backoff_then_stores(
         assert media_object.state == MediaState.PENDING
         assert media_object.attempts == 1
         assert media_object.reason.startswith("Retrying")
-        first_delay = media_object.next_attempt_at - timezone.now()
-        assert timedelta(seconds=20) < first_delay < timedelta(seconds=40)
+        [first_delay] = backoffs
+        assert timedelta(seconds=30) <= first_delay <= timedelta(seconds=36)  # 30 s + 0-20 %
+        assert media_object.next_attempt_at > timezone.now()
 
         assert tasks.sweep_media_downloads() == 0  # not due yet
         _make_due(acme, media_object)
@@ -259,7 +281,9 @@ def test_it_retries_a_5xx_with_backoff_then_stores(
         with tenant_scope(acme.tenant):
             media_object.refresh_from_db()
         assert media_object.state == MediaState.PENDING and media_object.attempts == 2
-        assert media_object.next_attempt_at - timezone.now() > timedelta(seconds=100)
+        [_, second_delay] = backoffs
+        assert timedelta(seconds=120) <= second_delay <= timedelta(seconds=144)  # 120 s + 0-20 %
+        assert media_object.next_attempt_at > timezone.now()
 
         _make_due(acme, media_object)
         tasks.sweep_media_downloads()
