@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from apps.conversations.inbound.journal import drain_journal
 from apps.conversations.models import Message, StatusEvent
-from apps.conversations.outbound import dispatcher, outbox
+from apps.conversations.outbound import dispatcher, outbox, settle
 from apps.conversations.outbound.dispatcher import (
     NumberThrottle,
     claim_batch,
@@ -251,7 +251,7 @@ def test_it_retries_retryable_errors_with_growing_jittered_gaps(sim, acme, fault
     # dispatch (that would add however long the machine took): the outbox's clock is stopped
     # at a known instant while it schedules the retry.
     backoffs = []
-    real_retry_later = outbox._retry_later
+    real_retry_later = settle.retry_later
 
     def retry_later_at_a_known_instant(message, reason):
         instant = timezone.now()
@@ -262,11 +262,14 @@ def test_it_retries_retryable_errors_with_growing_jittered_gaps(sim, acme, fault
                 return instant
 
         with monkeypatch.context() as stopped:
-            stopped.setattr(outbox, "timezone", Stopped)
+            stopped.setattr(settle, "timezone", Stopped)
             real_retry_later(message, reason)
         backoffs.append((reload(message).next_attempt_at - instant).total_seconds())
 
-    monkeypatch.setattr(outbox, "_retry_later", retry_later_at_a_known_instant)
+    # Graph errors reach it through settle.handle_graph_error, transport errors from the
+    # dispatcher itself: both names are replaced.
+    monkeypatch.setattr(settle, "retry_later", retry_later_at_a_known_instant)
+    monkeypatch.setattr(dispatcher, "retry_later", retry_later_at_a_known_instant)
     message = reply(acme)
     sim.add_fault(Fault(acme.number.phone_number_id, count=3, **fault))
     gaps = dispatch_with_fast_forward(message)
