@@ -91,6 +91,8 @@ def _chain(func: ast.AST) -> list[str]:
 
 def _makes_messages(call: ast.Call) -> bool:
     chain = _chain(call.func)
+    if not chain:  # a call of a subscript or a call's result: no name to create messages by
+        return False
     if chain == ["Message"]:  # Message(...), also inside bulk_create([...])
         return True
     return chain[0] in CREATING_CALLS and ("Message" in chain or "messages" in chain)
