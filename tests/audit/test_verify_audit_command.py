@@ -137,3 +137,15 @@ def test_it_exits_with_status_1_from_the_shell(tmp_path):
     assert ok.returncode == 0, ok.stderr
     assert unknown.returncode == 1
     assert "no tenant with the slug 'nobody'" in unknown.stderr
+
+
+def test_it_reports_progress_on_stderr_only(world, monkeypatch):
+    from apps.audit.management.commands import verify_audit
+
+    monkeypatch.setattr(verify_audit, "PROGRESS_EVERY_SECONDS", 0.0)  # every page
+
+    out, err = run("--chunk-size", "2", "--tenant", "acme")
+
+    acme, _ = world
+    assert f"verifying {chain_of(acme)}: 2 events" in err.splitlines()
+    assert "verifying" not in out
