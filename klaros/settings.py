@@ -4,6 +4,7 @@ Production (`DEBUG=False`) refuses to start without the secrets it needs; develo
 runs on embedded defaults: SQLite, a private media folder, the database task broker.
 """
 
+import base64
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -38,6 +39,9 @@ DEBUG = env.bool("DEBUG", default=False)
 SECRET_KEY = env_secret("SECRET_KEY")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[])
 KLAROS_ENCRYPTION_KEYS = env_secret("KLAROS_ENCRYPTION_KEYS")
+# Ed25519 key that signs audit checkpoints (base64 of the 32-byte raw private key). It lives
+# outside the database so that whoever can rewrite the audit tables cannot sign new heads.
+KLAROS_AUDIT_SIGNING_KEY = env_secret("KLAROS_AUDIT_SIGNING_KEY")
 
 if not DEBUG:
     missing = [
@@ -46,6 +50,7 @@ if not DEBUG:
             ("SECRET_KEY", SECRET_KEY),
             ("ALLOWED_HOSTS", ALLOWED_HOSTS),
             ("KLAROS_ENCRYPTION_KEYS", KLAROS_ENCRYPTION_KEYS),
+            ("KLAROS_AUDIT_SIGNING_KEY", KLAROS_AUDIT_SIGNING_KEY),
         )
         if not value
     ]
@@ -66,6 +71,22 @@ KLAROS_VAR_DIR = Path(env.str("KLAROS_VAR_DIR", default=str(BASE_DIR / "var")))
 KLAROS_DEV_KEY_FILE = Path(
     env.str("KLAROS_DEV_KEY_FILE", default=str(KLAROS_VAR_DIR / "dev-encryption-keys"))
 )
+# Development only: the audit signing key generated when DEBUG is on and none is set.
+KLAROS_AUDIT_DEV_SIGNING_KEY_FILE = Path(
+    env.str(
+        "KLAROS_AUDIT_DEV_SIGNING_KEY_FILE",
+        default=str(KLAROS_VAR_DIR / "dev-audit-signing-key"),
+    )
+)
+if KLAROS_AUDIT_SIGNING_KEY:
+    try:
+        _signing_key_length = len(base64.b64decode(KLAROS_AUDIT_SIGNING_KEY, validate=True))
+    except ValueError:
+        _signing_key_length = -1
+    if _signing_key_length != 32:
+        raise ImproperlyConfigured(
+            "KLAROS_AUDIT_SIGNING_KEY must be the base64 of a 32-byte Ed25519 private key"
+        )
 
 KLAROS_PUBLIC_URL = env.str("KLAROS_PUBLIC_URL", default="http://localhost:8000").rstrip("/")
 # Meta's Graph API, version pinned. Plain http is refused unless the host is loopback.
@@ -294,9 +315,41 @@ if KLAROS_MEDIA_ORIGIN:
     for _directive in ("img-src", "media-src"):
         CONTENT_SECURITY_POLICY["DIRECTIVES"][_directive].append(KLAROS_MEDIA_ORIGIN)
 
+# Signed audit checkpoints (apps/audit/checkpoints.py). By default they go to the media storage
+# under `audit-checkpoints/`; production should give them a bucket of their own that the
+# database administrator cannot write to (S3 Object Lock in compliance mode, credentials the
+# database administrator lacks): then rewriting the audit tables cannot rewrite the checkpoints.
+KLAROS_AUDIT_CHECKPOINT_BUCKET = env.str("KLAROS_AUDIT_CHECKPOINT_BUCKET", default="")
+if KLAROS_AUDIT_CHECKPOINT_BUCKET:
+    _checkpoint_backend = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": KLAROS_AUDIT_CHECKPOINT_BUCKET,
+            "access_key": env_secret("KLAROS_AUDIT_CHECKPOINT_ACCESS_KEY_ID"),
+            "secret_key": env_secret("KLAROS_AUDIT_CHECKPOINT_SECRET_ACCESS_KEY"),
+            "endpoint_url": env.str(
+                "KLAROS_AUDIT_CHECKPOINT_ENDPOINT_URL",
+                default=env.str("AWS_S3_ENDPOINT_URL", default=""),
+            )
+            or None,
+            "region_name": env.str(
+                "KLAROS_AUDIT_CHECKPOINT_REGION_NAME",
+                default=env.str("AWS_S3_REGION_NAME", default=""),
+            )
+            or None,
+            "default_acl": "private",
+            "querystring_auth": True,
+            "file_overwrite": False,
+            "signature_version": "s3v4",
+        },
+    }
+else:
+    _checkpoint_backend = _media_backend
+
 STORAGES = {
     "default": _media_backend,
     "media": _media_backend,
+    "audit_checkpoints": _checkpoint_backend,
     "staticfiles": {
         "BACKEND": (
             "django.contrib.staticfiles.storage.StaticFilesStorage"

@@ -21,8 +21,9 @@ from django.test import Client
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 KEYRING = "prod1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+SIGNING_KEY = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8="
 HOST = "klaros.example.com"
-REQUIRED = ("SECRET_KEY", "ALLOWED_HOSTS", "KLAROS_ENCRYPTION_KEYS")
+REQUIRED = ("SECRET_KEY", "ALLOWED_HOSTS", "KLAROS_ENCRYPTION_KEYS", "KLAROS_AUDIT_SIGNING_KEY")
 
 
 def clean_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
@@ -47,6 +48,7 @@ def production_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
         "SECRET_KEY": secrets.token_urlsafe(50),
         "ALLOWED_HOSTS": HOST,
         "KLAROS_ENCRYPTION_KEYS": KEYRING,
+        "KLAROS_AUDIT_SIGNING_KEY": SIGNING_KEY,
     }
     return clean_env(tmp_path, **{**production, **overrides})
 
@@ -71,8 +73,14 @@ def django_setup(env: dict[str, str]) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize(
     "missing",
-    [("SECRET_KEY",), ("ALLOWED_HOSTS",), ("KLAROS_ENCRYPTION_KEYS",), REQUIRED],
-    ids=["secret-key", "allowed-hosts", "keyring", "all"],
+    [
+        ("SECRET_KEY",),
+        ("ALLOWED_HOSTS",),
+        ("KLAROS_ENCRYPTION_KEYS",),
+        ("KLAROS_AUDIT_SIGNING_KEY",),
+        REQUIRED,
+    ],
+    ids=["secret-key", "allowed-hosts", "keyring", "audit-signing-key", "all"],
 )
 def test_it_refuses_to_start_in_production_naming_exactly_what_is_missing(tmp_path, missing):
     env = production_env(tmp_path)
@@ -125,6 +133,34 @@ def test_it_starts_in_production_with_secrets_from_files(tmp_path):
     result = django_setup(env)
 
     assert result.returncode == 0, result.stderr
+
+
+def test_it_reads_the_audit_signing_key_from_a_file(tmp_path):
+    key_file = tmp_path / "audit_signing_key"
+    key_file.write_text(SIGNING_KEY + "\n")
+    env = production_env(tmp_path, KLAROS_AUDIT_SIGNING_KEY_FILE=str(key_file))
+    del env["KLAROS_AUDIT_SIGNING_KEY"]
+
+    result = run_python(
+        [
+            "-c",
+            "import django; django.setup(); from apps.audit.checkpoints import public_key, "
+            "encode_public_key; print(encode_public_key(public_key()))",
+        ],
+        env,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.strip()) == 44  # base64 of a 32-byte public key
+    assert SIGNING_KEY not in result.stdout + result.stderr
+
+
+def test_it_refuses_an_audit_signing_key_of_the_wrong_size(tmp_path):
+    result = django_setup(production_env(tmp_path, KLAROS_AUDIT_SIGNING_KEY="AAAA"))
+
+    assert result.returncode != 0
+    assert "KLAROS_AUDIT_SIGNING_KEY must be the base64 of a 32-byte" in result.stderr
+    assert "AAAA" not in result.stderr
 
 
 def test_it_names_an_unreadable_secret_file(tmp_path):

@@ -106,3 +106,50 @@ def record(
         head.hash = event.hash
         head.save(update_fields=["seq", "hash"])
     return event
+
+
+def erase_audit_chain(tenant_id: Any, *, actor: Actor) -> AuditEvent:
+    """Delete a tenant's whole audit chain and its head: the one sanctioned exception to
+    append-only, for tenant erasure. Returns the `audit.chain_erased` event it records first on
+    the deployment chain (erased chain, event count, head seq and hash), so the erasure itself
+    is chained and verification knows the chain is gone on purpose.
+
+    On PostgreSQL the append-only triggers allow DELETE only of rows whose chain equals the
+    transaction-local `klaros.audit_erase_chain` setting, which this function sets and clears
+    inside its own transaction. The model-level guard is bypassed here, and only here.
+    """
+    # Imported here so this service is purely appended to the module.
+    from django.db import connection
+    from django.db.models import QuerySet
+
+    from apps.tenants.scoping import unscoped
+
+    from .models import GENESIS_HASH
+
+    chain = str(getattr(tenant_id, "pk", tenant_id))
+    if chain == DEPLOYMENT_CHAIN:
+        raise ValueError("the deployment chain is never erased")
+    # The deployment chain and every tenant's rows: this is an operator-level action.
+    with unscoped("erase a tenant's audit chain"), transaction.atomic():
+        head = AuditChainHead.objects.select_for_update().filter(chain=chain).first()
+        events = AuditEvent.objects.filter(chain=chain)
+        count = events.count()
+        event = record(
+            "audit.chain_erased",
+            actor=actor,
+            data={
+                "chain": chain,
+                "events": count,
+                "head_seq": head.seq if head else 0,
+                "head_hash": head.hash if head else GENESIS_HASH,
+            },
+        )
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                cursor.execute("SELECT set_config('klaros.audit_erase_chain', %s, true)", [chain])
+            # Deliberately past AuditQuerySet.delete(), which refuses every delete.
+            QuerySet.delete(events)
+            AuditChainHead.objects.filter(chain=chain).delete()
+            if connection.vendor == "postgresql":
+                cursor.execute("SELECT set_config('klaros.audit_erase_chain', '', true)")
+    return event

@@ -53,6 +53,9 @@ def bench_env(db_url: str) -> dict[str, str]:
         "KLAROS_ENCRYPTION_KEYS": os.environ.get(
             "KLAROS_ENCRYPTION_KEYS", "bench1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
         ),
+        "KLAROS_AUDIT_SIGNING_KEY": os.environ.get(
+            "KLAROS_AUDIT_SIGNING_KEY", "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8="
+        ),
         "SECURE_SSL_REDIRECT": "false",
         "KLAROS_TASKS_SYNC": "false",
         "LOG_LEVEL": "WARNING",
