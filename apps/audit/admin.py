@@ -5,19 +5,24 @@ exportable as a streamed CSV of exactly the filtered events."""
 from __future__ import annotations
 
 import uuid
+from urllib.parse import urlencode
 
 from django.contrib import admin
 from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
-from django.http import StreamingHttpResponse
+from django.http import Http404, StreamingHttpResponse
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
+from apps.tenants.models import Tenant
+
 from .models import AuditEvent
 from .presentation import data_items, label_events, stream_events_csv
 from .services import record
+from .verification import verify_all
 
 
 class LabelledChangeList(ChangeList):
@@ -136,13 +141,47 @@ class AuditEventAdmin(admin.ModelAdmin):
             self.admin_site.admin_view(self.export_csv),
             name="audit_auditevent_export",
         )
-        return [export, *super().get_urls()]
+        verify = path(
+            "verify/",
+            self.admin_site.admin_view(self.verify_view),
+            name="audit_auditevent_verify",
+        )
+        return [export, verify, *super().get_urls()]
+
+    # --- Chain verification ---------------------------------------------------------------
+
+    def verify_view(self, request):
+        """Recompute one tenant's chain (`?tenant=<id>`) or every chain, against every signed
+        checkpoint, and show where each stands. Long deployments run `manage.py verify_audit`
+        instead: this page works in one request."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        tenant = None
+        wanted = request.GET.get("tenant", "")
+        if wanted:
+            try:
+                tenant = Tenant.objects.get(pk=uuid.UUID(wanted))
+            except (ValueError, Tenant.DoesNotExist) as exc:
+                raise Http404("No such tenant.") from exc
+        report = verify_all(tenant=tenant)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Audit chain verification",
+            "opts": self.model._meta,
+            "report": report,
+            "tenant": tenant,
+            "changelist_url": reverse("admin:audit_auditevent_changelist"),
+        }
+        return TemplateResponse(request, "admin/audit/auditevent/verify.html", context)
 
     def changelist_view(self, request, extra_context=None):
         query = request.GET.urlencode()
+        tenant = request.GET.get("tenant__id__exact", "")
         extra_context = {
             **(extra_context or {}),
             "export_url": reverse("admin:audit_auditevent_export") + (f"?{query}" if query else ""),
+            "verify_url": reverse("admin:audit_auditevent_verify")
+            + (f"?{urlencode({'tenant': tenant})}" if tenant else ""),
         }
         return super().changelist_view(request, extra_context)
 

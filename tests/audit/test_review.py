@@ -131,3 +131,42 @@ def test_it_summarises_long_data_briefly():
     summary = data_summary(data)
     assert summary.startswith("k0: " + "v" * 79 + "…")
     assert summary.endswith("and 2 more")
+
+
+VERIFY = "admin:audit_auditevent_verify"
+
+
+def test_it_shows_every_chain_verified(acme, bravo, operator_client):
+    page = operator_client.get(reverse(VERIFY))
+    assert page.status_code == 200
+    report = page.context["report"]
+    assert report.ok
+    assert {c.label for c in report.chains} >= {"acme", "bravo", "deployment"}
+    assert "verified." in page.content.decode()
+
+
+def test_it_shows_where_a_tampered_chain_breaks(acme, bravo, operator_client):
+    from tests.audit.tampering import chain_of, set_event_data, stored
+
+    with tenant_scope(acme.tenant):
+        record("conversation.closed", acme.tenant, actor="test")
+    chain = chain_of(acme)
+    last = stored(chain)[-1].seq
+    set_event_data(chain, last, {"forged": True})
+    page = operator_client.get(reverse(VERIFY), {"tenant": str(acme.tenant.pk)})
+    [report] = page.context["report"].chains
+    assert not report.ok
+    assert report.problem.seq == last
+    assert f'data-chain="{chain}" data-ok="false"' in page.content.decode()
+    # The changelist filtered by the tenant links to the same check.
+    listing = operator_client.get(reverse(CHANGELIST), {"tenant__id__exact": str(acme.tenant.pk)})
+    assert f"?tenant={acme.tenant.pk}" in listing.content.decode()
+
+
+def test_it_answers_404_for_an_unknown_tenant(operator_client, acme):
+    assert operator_client.get(reverse(VERIFY), {"tenant": "nope"}).status_code == 404
+    assert alice_cannot_verify(acme)
+
+
+def alice_cannot_verify(acme) -> bool:
+    return logged_in_client(acme.owner).get(reverse(VERIFY)).status_code == 302
