@@ -233,7 +233,7 @@ class TemplateStatus(models.TextChoices):
 
 class Template(TenantOwnedModel):
     """A message template of one of the tenant's WABAs, synced from Meta and kept current by
-    `message_template_status_update` webhooks."""
+    `message_template_status_update` and `template_category_update` webhooks."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     waba_id = models.CharField(max_length=32)

@@ -28,10 +28,12 @@ __all__ = [
     "Notification",
     "PayloadError",
     "StatusUpdate",
+    "TemplateCategoryUpdate",
     "TemplateStatusUpdate",
     "UserPreference",
     "message_preview",
     "parse_notification",
+    "parse_template_category_update",
 ]
 
 MEDIA_TYPES = frozenset({"image", "video", "audio", "document", "sticker"})
@@ -188,6 +190,28 @@ class TemplateStatusUpdate:
     rejection_info: Raw | None
     other_info: Raw | None
     raw: Raw = field(repr=False)
+
+
+@dataclass(frozen=True)
+class TemplateCategoryUpdate:
+    """The value of a ``template_category_update`` change. Meta sends two kinds: a notice that
+    an automated review *will* move the template (``correct_category``, with ``new_category``
+    the category still in force and ``category_update_timestamp`` when it changes), and the
+    completed change (``previous_category`` and ``new_category``). Older bodies carry only
+    ``new_category``: a completed change."""
+
+    template_id: str | None
+    name: str
+    language: str
+    new_category: str
+    previous_category: str | None
+    correct_category: str | None
+    takes_effect_at: datetime | None
+    raw: Raw = field(repr=False)
+
+    @property
+    def completed(self) -> bool:
+        return self.correct_category is None or self.previous_category is not None
 
 
 @dataclass(frozen=True)
@@ -458,6 +482,34 @@ def _parse_template_status(value: Raw) -> TemplateStatusUpdate:
         category=_opt_str(value.get("message_template_category")),
         rejection_info=rejection if _is_obj(rejection) else None,
         other_info=other if _is_obj(other) else None,
+        raw=value,
+    )
+
+
+def parse_template_category_update(value: Any) -> TemplateCategoryUpdate:
+    """The value of one ``template_category_update`` change; raises PayloadError. Parsed by
+    ingest when it handles the change, so a malformed one fails alone."""
+    try:
+        return _parse_template_category_update(value)
+    except _Invalid as exc:
+        raise PayloadError(f"{exc.where}: {exc.problem}") from exc.__cause__
+
+
+def _parse_template_category_update(value: Any) -> TemplateCategoryUpdate:
+    value = _obj(value, "value")
+    template_id = value.get("message_template_id")
+    language = _opt_str(value.get("message_template_language")) or ""
+    when = value.get("category_update_timestamp")
+    return TemplateCategoryUpdate(
+        template_id=str(template_id) if template_id is not None else None,
+        name=_req_str(value, "message_template_name", "value.message_template_name"),
+        language=language.replace("-", "_"),
+        new_category=_req_str(value, "new_category", "value.new_category").upper(),
+        previous_category=(_opt_str(value.get("previous_category")) or "").upper() or None,
+        correct_category=(_opt_str(value.get("correct_category")) or "").upper() or None,
+        takes_effect_at=(
+            _timestamp(when, "value.category_update_timestamp") if when is not None else None
+        ),
         raw=value,
     )
 

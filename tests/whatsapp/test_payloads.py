@@ -602,3 +602,38 @@ def test_its_objects_are_frozen(notification):
     _change, message = next(notification.messages())
     with pytest.raises(AttributeError):
         message.wamid = "other"
+
+
+def test_it_tells_a_completed_category_change_from_the_notice_of_one():
+    from apps.whatsapp.payloads import PayloadError, parse_template_category_update
+
+    done = parse_template_category_update(
+        {
+            "message_template_id": 12345678,
+            "message_template_name": "my_message_template",
+            "message_template_language": "pt-BR",
+            "previous_category": "utility",
+            "new_category": "marketing",
+        }
+    )
+    assert (done.completed, done.new_category, done.previous_category) == (
+        True,
+        "MARKETING",
+        "UTILITY",
+    )
+    assert (done.template_id, done.language) == ("12345678", "pt_BR")
+    notice = parse_template_category_update(
+        {
+            "message_template_name": "t",
+            "correct_category": "MARKETING",
+            "new_category": "UTILITY",
+            "category_update_timestamp": 1767312000,
+        }
+    )
+    assert not notice.completed and notice.takes_effect_at.year == 2026
+    legacy = parse_template_category_update({"message_template_name": "t", "new_category": "X"})
+    assert legacy.completed
+    with pytest.raises(PayloadError, match="new_category"):
+        parse_template_category_update({"message_template_name": "t"})
+    with pytest.raises(PayloadError):
+        parse_template_category_update([])

@@ -22,6 +22,7 @@ from django.db.models import Case, F, Q, Value, When
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
+from apps.audit.services import record
 from apps.tenants.models import WhatsAppNumber
 from apps.tenants.scoping import tenant_scope, unscoped
 from apps.whatsapp.payloads import (
@@ -29,9 +30,11 @@ from apps.whatsapp.payloads import (
     ContactProfile,
     InboundMessage,
     Notification,
+    PayloadError,
     StatusUpdate,
     message_preview,
     parse_notification,
+    parse_template_category_update,
 )
 
 from ..models import (
@@ -99,6 +102,9 @@ def ingest_event(event: WebhookEvent, directory: NumberDirectory | None = None) 
             if change.field == "message_template_status_update":
                 _apply_template_status(entry.waba_id, change, event, result, where)
                 continue
+            if change.field == "template_category_update":
+                _apply_template_category(entry.waba_id, change, event, result, where)
+                continue
             number = _route(change, event, directory, result, where)
             if number is None:
                 continue
@@ -144,15 +150,7 @@ def _apply_template_status(
     if update is None:
         result.counts["template_status_malformed"] += 1
         return
-    with unscoped("webhook routing by WABA id"):
-        tenant_ids = set(
-            WhatsAppNumber.objects.filter(waba_id=waba_id, app_id=event.app_id).values_list(
-                "tenant_id", flat=True
-            )
-        )
-    if not tenant_ids:
-        result.quarantined.append(f"{where}: WABA {waba_id} has no connected number of this app")
-        return
+    tenant_ids = _waba_tenants(waba_id, event, result, where)
     language = update.language.replace("-", "_")
     for tenant_id in tenant_ids:
         with tenant_scope(tenant_id):
@@ -166,6 +164,75 @@ def _apply_template_status(
                 waba_id=waba_id, name=update.name, language__in={language, update.language}
             ).update(**fields)
             result.counts["template_status" if changed else "template_status_unknown"] += 1
+
+
+def _waba_tenants(
+    waba_id: str, event: WebhookEvent, result: IngestResult, where: str
+) -> set[uuid.UUID]:
+    """The tenants with a number of this WABA under the app that signed the body; none
+    (the change quarantined in `result`) when there is no such number."""
+    with unscoped("webhook routing by WABA id"):
+        tenant_ids = set(
+            WhatsAppNumber.objects.filter(waba_id=waba_id, app_id=event.app_id).values_list(
+                "tenant_id", flat=True
+            )
+        )
+    if not tenant_ids:
+        result.quarantined.append(f"{where}: WABA {waba_id} has no connected number of this app")
+    return tenant_ids
+
+
+def _apply_template_category(
+    waba_id: str, change: Change, event: WebhookEvent, result: IngestResult, where: str
+) -> None:
+    """Meta re-categorised a template (typically UTILITY to MARKETING after an automated
+    review). Only the completed change moves the template: it is what Meta bills and what the
+    send gate must hold against the marketing rules from now on. The notice of an impending
+    change is audited, and the template keeps its category until the change arrives."""
+    try:
+        update = parse_template_category_update(change.value_raw)
+    except PayloadError:
+        result.counts["template_category_malformed"] += 1
+        return
+    languages = {update.language, update.language.replace("_", "-")}
+    for tenant_id in _waba_tenants(waba_id, event, result, where):
+        with tenant_scope(tenant_id), transaction.atomic():
+            templates = list(
+                Template.objects.filter(waba_id=waba_id, name=update.name, language__in=languages)
+            )
+            if not templates:
+                result.counts["template_category_unknown"] += 1
+                continue
+            for template in templates:
+                if not update.completed:
+                    record(
+                        "template.category_change_announced",
+                        template,
+                        actor="meta",
+                        data={
+                            "category": template.category,
+                            "correct_category": update.correct_category,
+                            "takes_effect_at": (
+                                update.takes_effect_at.isoformat()
+                                if update.takes_effect_at
+                                else None
+                            ),
+                        },
+                    )
+                    result.counts["template_category_announced"] += 1
+                    continue
+                if template.category.upper() == update.new_category:
+                    result.counts["template_category_unchanged"] += 1
+                    continue
+                previous = template.category
+                Template.objects.filter(pk=template.pk).update(category=update.new_category)
+                record(
+                    "template.category_changed",
+                    template,
+                    actor="meta",
+                    data={"from": previous, "to": update.new_category},
+                )
+                result.counts["template_category"] += 1
 
 
 # Webhook events that are not list statuses: a reinstated or unarchived template is approved
@@ -502,11 +569,12 @@ _INSERT_CHUNK = 1000
 
 
 def needs_per_event_path(notification: Notification) -> bool:
-    """Template reviews and user_preferences are rare and run through other services
+    """Template reviews and categories and user_preferences are rare and run through other services
     (templates, the consent ledger): events carrying them are processed one by one, in
     journal order between batched runs."""
     return any(
-        change.field == "message_template_status_update" or change.user_preferences
+        change.field in ("message_template_status_update", "template_category_update")
+        or change.user_preferences
         for _entry, change in notification.changes()
     )
 
