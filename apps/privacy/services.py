@@ -1,12 +1,13 @@
-"""Data-control actions, each audited: exporting the contact book."""
+"""Data-control actions, each audited: exporting the contact book, and one contact's own data."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import IO, Any
 
 from apps.audit.services import Actor, record
 
+from .contact_data import BundleSummary, write_contact_bundle
 from .contact_export import FORMATS, contact_rows
 
 
@@ -55,3 +56,22 @@ class ContactExport:
         """Stop early (the response or the command is done with it); audits what was sent."""
         if self._pieces is not None:
             self._pieces.close()
+
+
+def export_contact_data(contact: Any, out: IO[bytes], *, actor: Actor, via: str) -> BundleSummary:
+    """Write the contact's data bundle (a ZIP) to `out` and audit it with what it holds
+    (counts only: the audit trail keeps no personal data). Inside the tenant's scope."""
+    summary = write_contact_bundle(contact, out)
+    record(
+        "contact.data_exported",
+        contact,
+        actor=actor,
+        data={
+            "messages": summary.messages,
+            "notes": summary.notes,
+            "consent_events": summary.consent_events,
+            "media_files": summary.media_files,
+            "via": via,
+        },
+    )
+    return summary

@@ -80,6 +80,7 @@ def _contact_context(request: HttpRequest, contact, consent_form: ConsentForm | 
         "consent": consent_state(contact),
         "ledger": _ledger(contact),
         "consent_form": consent_form or ConsentForm(),
+        "is_admin": bool(request.membership and request.membership.is_admin),
     }
 
 
