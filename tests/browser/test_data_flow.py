@@ -54,3 +54,22 @@ def test_an_owner_reads_and_filters_the_activity(page, live_server, acme):
     assert page.locator("tr[data-action='send.queued']").count() == 1
     assert csp_violations(page) == []
     page.screenshot(path="/tmp/klaros-activity.png", full_page=True)
+
+
+def test_an_owner_downloads_a_contacts_data_bundle_from_the_contact_page(page, live_server, acme):
+    import json
+    import zipfile
+
+    from tests.conversations.factories import make_conversation, make_message
+
+    contact = make_contact(acme.tenant, wa_id="15550000111", name="Dana Levi")
+    make_message(make_conversation(acme, contact=contact), text="Hello there")
+    login(page, live_server, "alice@acme.test", PASSWORD)
+    page.goto(f"{live_server.url}/inbox/contacts/{contact.pk}/")
+
+    with page.expect_download() as download_info:
+        page.get_by_role("link", name="Download this contact's data (ZIP)").click()
+    archive = zipfile.ZipFile(download_info.value.path())
+    assert json.loads(archive.read("contact.json"))["profile"]["profile_name"] == "Dana Levi"
+    assert b"Hello there" in archive.read("messages.jsonl")
+    assert csp_violations(page) == []
