@@ -27,12 +27,10 @@ import binascii
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -44,6 +42,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import Storage, storages
 from django.db.models import OuterRef, Subquery
 
+from apps.tenants.crypto import read_development_secret
 from apps.tenants.scoping import unscoped
 
 from .models import AuditChainHead, AuditEvent
@@ -73,24 +72,16 @@ def _raw_public_bytes(key: Ed25519PublicKey) -> bytes:
 
 @lru_cache(maxsize=4)
 def _development_signing_key(key_file: str) -> str:
-    path = Path(key_file)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # O_EXCL: two processes starting together must not write two different keys.
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "w") as handle:
-                raw = _raw_private_bytes(Ed25519PrivateKey.generate())
-                handle.write(base64.b64encode(raw).decode() + "\n")
+    encoded = read_development_secret(
+        key_file,
+        lambda: base64.b64encode(_raw_private_bytes(Ed25519PrivateKey.generate())).decode(),
+    )
     logger.warning(
         "KLAROS_AUDIT_SIGNING_KEY is not set: signing audit checkpoints with the development "
         "key in %s. Never run production like this.",
-        path,
+        key_file,
     )
-    return path.read_text().strip()
+    return encoded
 
 
 @lru_cache(maxsize=8)

@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -145,25 +146,33 @@ def generate_key_spec(name: str) -> str:
     return f"{name}:{base64.b64encode(os.urandom(32)).decode()}"
 
 
-@lru_cache(maxsize=4)
-def _development_keyring_spec(key_file: str) -> str:
+def read_development_secret(key_file: str, generate: Callable[[], str]) -> str:
+    """The development secret in `key_file`, written there first (mode 0600) from `generate()`
+    when the file does not exist. Development only: production secrets come from the
+    environment."""
     path = Path(key_file)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        # O_EXCL: two processes starting together must not write two different keys.
+        # O_EXCL: two processes starting together must not write two different secrets.
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             pass
         else:
             with os.fdopen(fd, "w") as handle:
-                handle.write(generate_key_spec("dev1") + "\n")
+                handle.write(generate() + "\n")
+    return path.read_text().strip()
+
+
+@lru_cache(maxsize=4)
+def _development_keyring_spec(key_file: str) -> str:
+    spec = read_development_secret(key_file, lambda: generate_key_spec("dev1"))
     logger.warning(
         "KLAROS_ENCRYPTION_KEYS is not set: using the development key in %s. "
         "Never run production like this; keep real keys in the environment.",
-        path,
+        key_file,
     )
-    return path.read_text().strip()
+    return spec
 
 
 @lru_cache(maxsize=8)

@@ -33,6 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import production_env  # noqa: E402 (after the path)
+
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/klaros_bench_audit"
 GENESIS = "0" * 64
 COLUMNS = (
@@ -52,20 +54,7 @@ print(n)
 
 
 def bench_env(db_url: str, var: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "DATABASE_URL": db_url,
-        "DJANGO_SETTINGS_MODULE": "klaros.settings",
-        "DEBUG": "false",
-        "SECRET_KEY": "bench-only-secret-key-0123456789abcdef0123456789abcdef",
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "KLAROS_ENCRYPTION_KEYS": "bench1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
-        "KLAROS_AUDIT_SIGNING_KEY": "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=",
-        "KLAROS_MEDIA_ROOT": str(var / "media"),
-        "KLAROS_ENV_FILE": "",
-        "LOG_LEVEL": "WARNING",
-        "PYTHONPATH": str(ROOT),
-    }
+    return production_env(db_url, KLAROS_MEDIA_ROOT=str(var / "media"))
 
 
 def recreate_database(db_url: str) -> None:

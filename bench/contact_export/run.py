@@ -29,36 +29,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import ensure_database, production_env  # noqa: E402 (after the path)
+
 DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/klaros_bench_export"
 PASSWORD = "bench-owner-password-0123"  # noqa: S105 - loopback benchmark only
 PORT = 8765
 
 
 def bench_env(db_url: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "DATABASE_URL": db_url,
-        "DJANGO_SETTINGS_MODULE": "klaros.settings",
-        "DEBUG": "false",
-        "SECRET_KEY": "bench-only-secret-key-0123456789abcdef0123456789abcdef",
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "KLAROS_ENCRYPTION_KEYS": os.environ.get(
-            "KLAROS_ENCRYPTION_KEYS", "bench1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
-        ),
-        "SECURE_SSL_REDIRECT": "false",
-        "SESSION_COOKIE_SECURE": "false",
-        "LOG_LEVEL": "WARNING",
-        "PYTHONPATH": str(ROOT),
-    }
-
-
-def ensure_database(db_url: str) -> None:
-    import psycopg
-
-    base, name = db_url.rsplit("/", 1)
-    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
+    return production_env(db_url, SESSION_COOKIE_SECURE="false")
 
 
 def setup_django(db_url: str) -> None:

@@ -28,6 +28,7 @@ from apps.conversations.models import (
 )
 from apps.conversations.tasks import drain_webhook_journal, sweep_pending_work
 from apps.tenants.scoping import tenant_scope, unscoped
+from tests.clock import call_at_a_stopped_instant
 from tests.conftest import logged_in_client as logged_in
 
 from .payload_builders import (
@@ -189,16 +190,7 @@ def test_it_backs_off_longer_after_each_failed_attempt(client, acme, monkeypatch
     real_mark_failed = journal._mark_failed
 
     def mark_failed_at_a_known_instant(event, exc):
-        instant = timezone.now()
-
-        class Stopped:
-            @staticmethod
-            def now():
-                return instant
-
-        with monkeypatch.context() as stopped:
-            stopped.setattr(journal, "timezone", Stopped)
-            real_mark_failed(event, exc)
+        _, instant = call_at_a_stopped_instant(monkeypatch, journal, real_mark_failed, event, exc)
         failed_at.append(instant)
 
     monkeypatch.setattr(journal, "_mark_failed", mark_failed_at_a_known_instant)

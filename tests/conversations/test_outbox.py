@@ -31,6 +31,7 @@ from apps.tenants.models import CredentialStatus, WhatsAppNumber
 from apps.tenants.scoping import tenant_scope
 from apps.whatsapp.graph import explain_error_code
 from apps.whatsapp.simulator import Fault
+from tests.clock import call_at_a_stopped_instant
 
 from .payload_builders import WEBHOOK_URL
 from .sim_fixtures import (  # noqa: F401 (fixtures)
@@ -254,16 +255,9 @@ def test_it_retries_retryable_errors_with_growing_jittered_gaps(sim, acme, fault
     real_retry_later = settle.retry_later
 
     def retry_later_at_a_known_instant(message, reason):
-        instant = timezone.now()
-
-        class Stopped:
-            @staticmethod
-            def now():
-                return instant
-
-        with monkeypatch.context() as stopped:
-            stopped.setattr(settle, "timezone", Stopped)
-            real_retry_later(message, reason)
+        _, instant = call_at_a_stopped_instant(
+            monkeypatch, settle, real_retry_later, message, reason
+        )
         backoffs.append((reload(message).next_attempt_at - instant).total_seconds())
 
     # Graph errors reach it through settle.handle_graph_error, transport errors from the

@@ -18,6 +18,7 @@ from django.utils import timezone
 from apps.media import services, tasks
 from apps.media.models import MediaObject, MediaState
 from apps.tenants.scoping import ScopeError, tenant_scope
+from tests.clock import call_at_a_stopped_instant
 
 from .conftest import HTML, JPEG, OGG, PDF, WEBP_ANIMATED, make_message, media_requests
 
@@ -249,16 +250,9 @@ def test_it_retries_a_5xx_with_backoff_then_stores(
     real_retry_later = services._retry_later
 
     def retry_later_at_a_known_instant(media_object, reason):
-        instant = timezone.now()
-
-        class Stopped:
-            @staticmethod
-            def now():
-                return instant
-
-        with monkeypatch.context() as stopped:
-            stopped.setattr(services, "timezone", Stopped)
-            result = real_retry_later(media_object, reason)
+        result, instant = call_at_a_stopped_instant(
+            monkeypatch, services, real_retry_later, media_object, reason
+        )
         backoffs.append(media_object.next_attempt_at - instant)
         return result
 
