@@ -174,3 +174,31 @@ def test_the_command_refuses_bad_input(book, tmp_path):
         call_command("export_contacts", "acme", "--format", "xlsx")
     with pytest.raises(ExportError):
         ContactExport(book.tenant, actor="test", fmt="xlsx", via="test")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_outside_a_transaction_postgresql_reads_the_next_chunk_ahead_with_the_same_rows(
+    acme, bravo
+):
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the read-ahead runs on PostgreSQL only (a second connection)")
+    import threading
+
+    for index in range(7):
+        make_contact(acme.tenant, wa_id=f"1555100{index:04d}")
+    make_contact(bravo.tenant, wa_id="15559999999", name="Bravo canary")
+    threads_before = {t.name for t in threading.enumerate()}
+    rows = list(contact_rows(acme.tenant.pk, chunk=3))
+    assert len(rows) == 7 and len({r[0] for r in rows}) == 7
+    assert [r[0] for r in rows] == sorted(r[0] for r in rows)
+    assert all(r[1] != "15559999999" for r in rows)
+    # The reader thread is gone, and so is its connection.
+    leftover = {t.name for t in threading.enumerate()} - threads_before
+    assert not any(name.startswith("contact-export") for name in leftover)
+    # Abandoned after the first row: the reader still ends.
+    pieces = contact_rows(acme.tenant.pk, chunk=3)
+    next(pieces)
+    pieces.close()
+    assert not any(t.name.startswith("contact-export") for t in threading.enumerate())

@@ -24,6 +24,10 @@ class Migration(migrations.Migration):
         ),
         AddIndexOnline(
             model_name="conversation",
-            index=models.Index(fields=["tenant", "contact"], name="conv_contact_book_idx"),
+            index=models.Index(
+                fields=["tenant", "contact"],
+                include=["id", "last_inbound_at"],
+                name="conv_contact_book_idx",
+            ),
         ),
     ]
