@@ -88,6 +88,7 @@ INSTALLED_APPS = [
     "apps.consent",
     "apps.media",
     "apps.conversations",
+    "apps.billing",
     "apps.whatsapp",
 ]
 

@@ -106,3 +106,54 @@ def record(
         head.hash = event.hash
         head.save(update_fields=["seq", "hash"])
     return event
+
+
+def record_many(
+    events: list[tuple[str, Model | None, dict[str, Any] | None]],
+    *,
+    actor: Actor,
+    tenant: Any = None,
+) -> list[AuditEvent]:
+    """Append several events, `(action, obj, data)` each, as `record()` would one by one, with
+    one head lock and one INSERT per chain: the drain records a batch's thousands of charges
+    without a lock round trip per event. Same rules as `record()` (no personal data, secrets
+    masked, runs in the caller's transaction); events keep their order within each chain."""
+    if not events:
+        return []
+    actor_type, actor_id = actor_fields(actor)
+    by_chain: dict[str, list[tuple[uuid.UUID | None, str, Model | None, dict]]] = {}
+    for action, obj, data in events:
+        tenant_id = _tenant_id_for(obj, tenant)
+        chain = str(tenant_id) if tenant_id else DEPLOYMENT_CHAIN
+        by_chain.setdefault(chain, []).append((tenant_id, action, obj, data or {}))
+    written: list[AuditEvent] = []
+    now = timezone.now()
+    with transaction.atomic():
+        # Heads are locked in one order, so two writers of the same chains cannot deadlock.
+        for chain in sorted(by_chain):
+            head, _ = AuditChainHead.objects.select_for_update().get_or_create(chain=chain)
+            seq, prev = head.seq, head.hash
+            rows = []
+            for tenant_id, action, obj, data in by_chain[chain]:
+                seq += 1
+                event = AuditEvent(
+                    tenant_id=tenant_id,
+                    chain=chain,
+                    seq=seq,
+                    prev_hash=prev,
+                    created_at=now,
+                    action=action,
+                    actor_type=actor_type,
+                    actor_id=actor_id,
+                    object_type=obj._meta.label if obj is not None else "",
+                    object_id=str(obj.pk) if obj is not None else "",
+                    data=mask_secrets(data),
+                )
+                event.hash = prev = event.compute_hash()
+                rows.append(event)
+            # The base manager, as `record()`'s save uses: the deployment chain has no scope.
+            AuditEvent._base_manager.bulk_create(rows, batch_size=1000)
+            head.seq, head.hash = seq, prev
+            head.save(update_fields=["seq", "hash"])
+            written.extend(rows)
+    return written
