@@ -110,6 +110,7 @@ INSTALLED_APPS = [
     "apps.media",
     "apps.conversations",
     "apps.privacy",
+    "apps.billing",
     "apps.whatsapp",
 ]
 

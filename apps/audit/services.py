@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Model
 from django.utils import timezone
 
@@ -153,3 +154,110 @@ def erase_audit_chain(tenant_id: Any, *, actor: Actor) -> AuditEvent:
             if connection.vendor == "postgresql":
                 cursor.execute("SELECT set_config('klaros.audit_erase_chain', '', true)")
     return event
+
+
+def record_many(
+    events: list[tuple[str, Model | None, dict[str, Any] | None]],
+    *,
+    actor: Actor,
+    tenant: Any = None,
+) -> list[AuditEvent]:
+    """Append several events, `(action, obj, data)` each, as `record()` would one by one, with
+    one head lock and one INSERT per chain: the drain records a batch's thousands of charges
+    without a lock round trip per event. Same rules as `record()` (no personal data, secrets
+    masked, runs in the caller's transaction); events keep their order within each chain."""
+    if not events:
+        return []
+    actor_type, actor_id = actor_fields(actor)
+    by_chain: dict[str, list[tuple[uuid.UUID | None, str, Model | None, dict]]] = {}
+    for action, obj, data in events:
+        tenant_id = _tenant_id_for(obj, tenant)
+        chain = str(tenant_id) if tenant_id else DEPLOYMENT_CHAIN
+        by_chain.setdefault(chain, []).append((tenant_id, action, obj, data or {}))
+    written: list[AuditEvent] = []
+    now = timezone.now()
+    with transaction.atomic():
+        # Heads are locked in one order, so two writers of the same chains cannot deadlock.
+        for chain in sorted(by_chain):
+            head, _ = AuditChainHead.objects.select_for_update().get_or_create(chain=chain)
+            seq, prev = head.seq, head.hash
+            rows = []
+            for tenant_id, action, obj, data in by_chain[chain]:
+                seq += 1
+                event = AuditEvent(
+                    tenant_id=tenant_id,
+                    chain=chain,
+                    seq=seq,
+                    prev_hash=prev,
+                    created_at=now,
+                    action=action,
+                    actor_type=actor_type,
+                    actor_id=actor_id,
+                    object_type=obj._meta.label if obj is not None else "",
+                    object_id=str(obj.pk) if obj is not None else "",
+                    data=mask_secrets(data),
+                )
+                event.hash = prev = event.compute_hash()
+                rows.append(event)
+            _insert_events(rows)
+            head.seq, head.hash = seq, prev
+            head.save(update_fields=["seq", "hash"])
+            written.extend(rows)
+    return written
+
+
+_EVENT_COLUMNS = (
+    ("tenant_id", "uuid"),
+    ("chain", "varchar"),
+    ("seq", "bigint"),
+    ("prev_hash", "varchar"),
+    ("hash", "varchar"),
+    ("created_at", "timestamptz"),
+    ("action", "varchar"),
+    ("actor_type", "varchar"),
+    ("actor_id", "varchar"),
+    ("object_type", "varchar"),
+    ("object_id", "varchar"),
+    ("data", "jsonb"),
+)
+
+
+def _insert_events(rows: list[AuditEvent]) -> None:
+    """INSERT events as they are (hashes computed). On PostgreSQL the rows travel as one JSON
+    parameter per 1,000: `bulk_create` spent 0.12 ms per event building parameters, most of
+    what recording a drain batch's charges cost. Elsewhere `bulk_create`, through the base
+    manager as `record()`'s save (the deployment chain has no tenant scope)."""
+    if connection.vendor != "postgresql":
+        AuditEvent._base_manager.bulk_create(rows, batch_size=1000)
+        return
+    quote = connection.ops.quote_name
+    names = [name for name, _ in _EVENT_COLUMNS]
+    # Only the column names and types listed above are interpolated.
+    sql = (
+        f"INSERT INTO {quote(AuditEvent._meta.db_table)} "  # noqa: S608
+        f"({', '.join(quote(n) for n in names)}) "
+        f"SELECT {', '.join(f'r.{quote(n)}' for n in names)} "
+        "FROM jsonb_to_recordset(%s::jsonb) AS r("
+        + ", ".join(f"{quote(n)} {kind}" for n, kind in _EVENT_COLUMNS)
+        + ")"
+    )
+    for start in range(0, len(rows), 1000):
+        document = [
+            {
+                "tenant_id": str(e.tenant_id) if e.tenant_id else None,
+                "chain": e.chain,
+                "seq": e.seq,
+                "prev_hash": e.prev_hash,
+                "hash": e.hash,
+                "created_at": e.created_at.isoformat(),
+                "action": e.action,
+                "actor_type": e.actor_type,
+                "actor_id": e.actor_id,
+                "object_type": e.object_type,
+                "object_id": e.object_id,
+                "data": e.data,
+            }
+            for e in rows[start : start + 1000]
+        ]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [json.dumps(document, separators=(",", ":"))])

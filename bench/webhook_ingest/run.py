@@ -117,7 +117,7 @@ def reset_inbox() -> None:
         cursor.execute(
             "TRUNCATE conversations_webhookevent, conversations_statusevent, "
             "conversations_metaerrorreport, conversations_message, conversations_conversation, "
-            "conversations_contact, conversations_journaldrainflag CASCADE"
+            "conversations_contact, conversations_journaldrainflag, billing_charge CASCADE"
         )
         cursor.execute("DELETE FROM django_q_ormq")
 

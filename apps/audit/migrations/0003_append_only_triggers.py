@@ -1,5 +1,6 @@
 """Append-only in the database too (PostgreSQL): refuse UPDATE and DELETE of audit events and
-any change to a chain head other than record()'s one-step advance, even through raw SQL.
+any change to a chain head other than a forward advance over recorded events (record() and
+record_many()), even through raw SQL.
 
 The one escape is tenant erasure (`apps.audit.services.erase_audit_chain`): DELETE of a row is
 allowed when the transaction set `klaros.audit_erase_chain` to that row's chain
@@ -34,12 +35,15 @@ BEGIN
         RAISE EXCEPTION 'audit chain heads are never deleted: chain %', OLD.chain
             USING ERRCODE = 'restrict_violation';
     END IF;
-    -- record() moves a head one event forward, to the event it has just inserted; nothing
-    -- else may change it.
-    IF NEW.chain = OLD.chain AND NEW.seq = OLD.seq + 1 AND EXISTS (
+    -- record() moves a head one event forward, record_many() several: always forward, over
+    -- events that are all recorded, to the one just inserted; nothing else may change it.
+    IF NEW.chain = OLD.chain AND NEW.seq > OLD.seq AND EXISTS (
         SELECT 1 FROM audit_auditevent e
         WHERE e.chain = NEW.chain AND e.seq = NEW.seq AND e.hash = NEW.hash
-    ) THEN
+    ) AND (
+        SELECT count(*) FROM audit_auditevent e
+        WHERE e.chain = NEW.chain AND e.seq > OLD.seq AND e.seq <= NEW.seq
+    ) = NEW.seq - OLD.seq THEN
         RETURN NEW;
     END IF;
     RAISE EXCEPTION 'audit chain heads only advance to the next recorded event: chain % seq % -> %',

@@ -23,6 +23,7 @@ from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from apps.audit.services import record
+from apps.billing.services import PricedStatus, record_charges
 from apps.tenants.models import WhatsAppNumber
 from apps.tenants.scoping import tenant_scope, unscoped
 from apps.whatsapp.payloads import (
@@ -494,7 +495,21 @@ def apply_status(number: WhatsAppNumber, status: StatusUpdate) -> int:
     if status.status == MessageStatus.FAILED and any(e.code == 131050 for e in status.errors):
         for message in target.select_related("conversation__contact"):
             record_meta_marketing_refusal(message, status.wamid)
+    if status.pricing:
+        record_charges(number.tenant_id, [priced_status(number, status)])
     return changed
+
+
+def priced_status(number: WhatsAppNumber, status: StatusUpdate) -> PricedStatus:
+    """The billing service's view of a status that carries a pricing object."""
+    return PricedStatus(
+        number_id=number.pk,
+        wamid=status.wamid,
+        occurred_at=status.timestamp,
+        recipient_id=status.recipient_id or "",
+        pricing=status.pricing,
+        conversation=status.conversation,
+    )
 
 
 def _status_event_row(number: WhatsAppNumber, status: StatusUpdate) -> StatusEvent:
@@ -1163,6 +1178,12 @@ def _apply_status_batch(items: list[tuple[WhatsAppNumber, StatusUpdate]]) -> Non
         for wamid in refusals:
             for message in outbound.filter(wamid=wamid).select_related("conversation__contact"):
                 record_meta_marketing_refusal(message, wamid)
+
+    # Charges: every pricing object in journal order, as one by one (the first status naming
+    # a wamid and category wins, in the batch as against stored charges).
+    priced = [priced_status(number, status) for number, status in known if status.pricing]
+    if priced:
+        record_charges(known[0][0].tenant_id, priced)
 
 
 # The functions the one-by-one path is made of. When one of them is replaced at runtime (fault

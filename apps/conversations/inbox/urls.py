@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import activity, composer, contact, listing, thread, workspace
+from . import activity, composer, contact, listing, spend, thread, workspace
 
 urlpatterns = [
     path("", listing.inbox, name="inbox"),
@@ -24,6 +24,8 @@ urlpatterns = [
     path("m/<uuid:pk>/", thread.message_permalink, name="message"),
     path("contacts/<uuid:pk>/", contact.contact_detail, name="contact"),
     path("contacts/<uuid:pk>/consent/", contact.contact_consent, name="contact_consent"),
+    path("spend/", spend.spend, name="inbox_spend"),
+    path("spend/csv/", spend.spend_csv, name="inbox_spend_csv"),
     path("settings/", workspace.workspace_settings, name="inbox_settings"),
     path("activity/", activity.activity, name="inbox_activity"),
     path("activity/export.csv", activity.activity_export, name="inbox_activity_export"),
