@@ -104,3 +104,20 @@ def test_it_never_erases_the_deployment_chain(db):
         erase_audit_chain(DEPLOYMENT_CHAIN, actor="test")
 
     assert stored(DEPLOYMENT_CHAIN)
+
+
+@postgresql_only
+def test_a_batch_moves_the_head_over_its_recorded_events_but_never_past_a_gap(acme):
+    from apps.audit.services import record_many
+
+    chain = chain_of(acme)
+    written = record_many([("test.batched", acme.tenant, {"n": n}) for n in range(3)], actor="test")
+    head = AuditChainHead.objects.get(chain=chain)
+    assert (head.seq, head.hash) == (written[-1].seq, written[-1].hash)
+    assert verify_all(tenant=acme.tenant).ok
+    # Two steps ahead with the right hash of a recorded event is still refused when the step
+    # between is missing: there is no such event here, so any jump past the head is refused.
+    refused(
+        "UPDATE audit_auditchainhead SET seq = seq + 2, hash = %s WHERE chain = %s",
+        [written[-1].hash, chain],
+    )
