@@ -3,9 +3,9 @@
 The functions are read from the source: every public function of the modules where state
 changes live (each app's services, the outbound pipeline, the inbox screens and the commands
 that write), whose body, or a function it calls, writes to the database. Each must reach
-`record()` (directly, or through a function that does, such as `record_consent` or
-`fail_send`), or be listed below with the reason it writes no event. A new writing function
-without an event fails here until it audits or says why not."""
+`record()` or `record_many()` (directly, or through a function that does, such as
+`record_consent` or `fail_send`), or be listed below with the reason it writes no event. A
+new writing function without an event fails here until it audits or says why not."""
 
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ WRITES = {
     "save",
     "delete",
 }
-AUDIT = "record"
+# The calls that append audit events.
+AUDITS = {"record", "record_many"}
 
 # Writing functions that deliberately write no audit event, and why.
 NOT_AUDITED = {
@@ -100,7 +101,7 @@ def analyse():
             name = node.name
             calls[name] = calls.get(name, set()) | call_names(node)
             writes[name] = writes.get(name, False) or writes_directly(node)
-            audits[name] = audits.get(name, False) or AUDIT in call_names(node)
+            audits[name] = audits.get(name, False) or bool(AUDITS & call_names(node))
             where.setdefault(name, str(path.relative_to(ROOT)))
             if not name.startswith("_") or name == "handle":
                 public.add(name)
@@ -112,8 +113,9 @@ def analyse():
         for node in function_nodes(tree):
             calls.setdefault(node.name, call_names(node))
             writes.setdefault(node.name, writes_directly(node))
-            audits.setdefault(node.name, AUDIT in call_names(node))
-    audits[AUDIT] = True  # record() is the audit event itself
+            audits.setdefault(node.name, bool(AUDITS & call_names(node)))
+    for name in AUDITS:  # they are the audit events themselves
+        audits[name] = True
     changed = True
     while changed:
         changed = False
