@@ -22,6 +22,7 @@ from django.db import connection, transaction
 from django.db.models import Count
 from django.db.models.functions import TruncDate
 
+from apps.audit.presentation import neutralise_cell
 from apps.audit.services import record_many
 from apps.conversations.models import Direction, Message
 
@@ -401,15 +402,6 @@ CSV_COLUMNS = (
     "currency",
 )
 NO_RATE = "no rate"
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def neutralise_cell(value: str) -> str:
-    """A spreadsheet reads a cell starting with = + - @ (or a tab/CR before one) as a formula;
-    a leading apostrophe keeps it text. Meta's and customers' strings pass through here."""
-    if value.startswith(_FORMULA_STARTS):
-        return "'" + value
-    return value
 
 
 def charge_rows(
